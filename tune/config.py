@@ -1,0 +1,239 @@
+"""The sweep's one typed config: YAML file + `key=value` overrides, validated all at once.
+
+    cfg = load_config("tune/configs/default.yaml", ["train.max_steps=100", "search.num_samples=8"])
+
+Sections owned by the trainable (model, data, train) come from `trainables.config`; this module
+adds the sweep's own (search, scheduler, resources, run, ray, export) and checks that they fit
+together. Every problem is collected and raised once as a `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from trainables.config import DataConfig, ModelConfig, Section, TrainConfig
+
+__all__ = ["ConfigError", "SweepConfig", "default_config_path", "load_config"]
+
+
+class ConfigError(ValueError):
+    """Config problems, one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class SearchConfig(Section):
+    space: str = Field(
+        "lora_default", description="A space shipped in search_spaces/ (by name) or a YAML path."
+    )
+    num_samples: int = Field(6, ge=1, description="Trials to run.")
+    seed: int = Field(0, description="Seed of the Optuna TPE sampler.")
+    metric: Literal["eval_loss", "eval_perplexity"] = Field(
+        "eval_loss", description="Validation metric to minimize (answer tokens only)."
+    )
+    startup_trials: int = Field(
+        3, ge=1, description="Random trials before TPE starts modelling the results."
+    )
+
+
+class SchedulerConfig(Section):
+    name: Literal["asha", "fifo"] = Field(
+        "asha", description="asha stops weak trials early; fifo runs every trial to the end."
+    )
+    grace_period: int = Field(
+        1, ge=1, description="Evaluations every trial gets before ASHA may stop it."
+    )
+    reduction_factor: float = Field(
+        2, gt=1, description="ASHA keeps 1/reduction_factor of trials at each rung."
+    )
+
+
+class ResourcesConfig(Section):
+    cpus_per_trial: float = Field(1, gt=0, description="CPUs per trial; also its torch threads.")
+    gpus_per_trial: float = Field(0, ge=0, description="GPUs per trial; fractions share a GPU.")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="Cap on trials at once; empty lets the resources decide."
+    )
+
+
+class RunConfig(Section):
+    name: str | None = Field(
+        None, description="Folder name under run.storage; empty picks sweep-<date>-<time>."
+    )
+    storage: str = Field("results", description="Root folder (or URI) for sweep results.")
+    checkpoints_to_keep: int = Field(
+        2, ge=1, description="Checkpoints kept per trial, best by search.metric."
+    )
+    reuse_actors: bool = Field(True, description="Reuse trial processes (halves small sweeps).")
+    max_failures: int = Field(0, ge=0, description="Retries of a failed trial from its checkpoint.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v):
+            raise ValueError(
+                "use letters, digits, '.', '_' or '-' (max 100), starting with a letter or digit"
+            )
+        return v
+
+
+class RayConfig(Section):
+    address: str | None = Field(
+        None, description="Empty: start Ray on this machine; 'auto' or ray://host:10001 joins."
+    )
+
+
+class ExportConfig(Section):
+    generate_samples: int = Field(
+        24, ge=0, description="Test questions answered by base and tuned model for ROUGE."
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Longest generated answer, in tokens.")
+    batch_size: int = Field(8, ge=1, description="Batch size of test evaluation and generation.")
+
+
+class SweepConfig(Section):
+    """Everything one sweep needs; see tune/configs/default.yaml for the documented default."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    search: SearchConfig = SearchConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    run: RunConfig = RunConfig()
+    ray: RayConfig = RayConfig()
+    export: ExportConfig = ExportConfig()
+
+    @property
+    def evaluations(self) -> int:
+        """Evaluations in a full trial: ASHA's time budget."""
+        return math.ceil(self.train.max_steps / self.train.eval_every)
+
+    def with_run_name(self) -> SweepConfig:
+        """A copy whose run.name is set (sweep-<date>-<time> when empty)."""
+        if self.run.name:
+            return self
+        name = datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
+        return self.model_copy(update={"run": self.run.model_copy(update={"name": name})})
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("tune").joinpath("configs/default.yaml")))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> SweepConfig:
+    """Read YAML (default: the shipped default sweep), apply overrides, validate everything."""
+    path = Path(path) if path else default_config_path()
+    raw = _read_yaml(path)
+    problems: list[str] = []
+    for item in overrides:
+        problems.extend(_apply_override(raw, item))
+    try:
+        cfg = SweepConfig.model_validate(raw)
+    except ValidationError as e:
+        problems.extend(_describe(err, path) for err in e.errors())
+        raise ConfigError(problems) from None
+    problems.extend(_cross_checks(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError([f"--config {path}: no such file; give a YAML file or omit --config"])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        detail = str(e).replace("\n", " ")
+        raise ConfigError([f"--config {path}: not valid YAML ({detail}); fix the file"]) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            [
+                f"--config {path}: expected a mapping of sections (model:, data:, ...), "
+                f"got {type(raw).__name__}"
+            ]
+        )
+    return raw
+
+
+def _apply_override(raw: dict, item: str) -> list[str]:
+    key, sep, text = item.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", key.strip()):
+        return [f"override {item!r}: expected section.key=value, e.g. train.max_steps=100"]
+    try:
+        # YAML parsing gives numbers, booleans and lists their types: lora_target_modules=[a,b].
+        value: Any = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            return [f"override {item!r}: {part} is not a section"]
+        node = child
+    node[leaf] = value
+    return []
+
+
+def _describe(err: dict, path: Path) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        section = _section_model(err["loc"][:-1])
+        valid = ", ".join(section.model_fields) if section else ""
+        return f"{key}: unknown key; valid keys here: {valid}"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{key}: got {shown}; {msg[0].lower()}{msg[1:]} (fix it in {path} or pass {key}=...)"
+
+
+def _section_model(loc: tuple):
+    model = SweepConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type):
+            return None
+        model = field.annotation
+    return model
+
+
+def _cross_checks(cfg: SweepConfig) -> list[str]:
+    problems = []
+    t, s = cfg.train, cfg.scheduler
+    if t.eval_every > t.max_steps:
+        problems.append(
+            f"train.eval_every: got {t.eval_every}, more than train.max_steps={t.max_steps}; "
+            "a trial must evaluate at least once: lower train.eval_every"
+        )
+    elif s.name == "asha" and s.grace_period > cfg.evaluations:
+        problems.append(
+            f"scheduler.grace_period: got {s.grace_period} evaluations, but a trial makes only "
+            f"{cfg.evaluations} (train.max_steps / train.eval_every); lower it or raise "
+            "train.max_steps"
+        )
+    if cfg.data.source != "demo" and not cfg.data.path:
+        problems.append(
+            f"data.path: empty, but data.source={cfg.data.source} reads from a path; "
+            "set data.path=/path/to/your/data"
+        )
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 0.9:
+        problems.append(
+            "data.val_fraction + data.test_fraction: "
+            f"got {cfg.data.val_fraction + cfg.data.test_fraction:.2f}; must stay below 0.9 so "
+            "training keeps data"
+        )
+    return problems
