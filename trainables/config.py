@@ -68,6 +68,9 @@ class TrainConfig(Section):
     )
     per_device_batch_size: int = Field(4, gt=0, description="Training examples per step.")
     eval_batch_size: int = Field(8, gt=0, description="Examples per evaluation batch.")
+    eval_max_examples: int | None = Field(
+        256, ge=1, description="Validation examples scored at each evaluation (whole set if empty)."
+    )
     gradient_accumulation_steps: int = Field(1, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "cosine"

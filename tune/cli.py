@@ -1,0 +1,120 @@
+"""The `medtune` command.
+
+    medtune sweep [--config FILE] [--overwrite] [--no-export] [key=value ...]
+    medtune export results/<name>
+
+Bad input prints one line per problem (`medtune: error: ...`) and exits 2 before anything is
+written; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medtune",
+        description="Hyperparameter search for LoRA fine-tuning on medical QA, on Ray Tune.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sweep = sub.add_parser("sweep", help="run a sweep, then export the best model")
+    sweep.add_argument("--config", help="YAML config (default: the shipped default sweep)")
+    sweep.add_argument("--overwrite", action="store_true", help="replace results/<run.name>")
+    sweep.add_argument("--no-export", action="store_true", help="skip the export at the end")
+    sweep.add_argument("--debug", action="store_true", help="show tracebacks")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.max_steps=100")
+
+    export = sub.add_parser("export", help="export the best model of a finished sweep")
+    export.add_argument("results", type=Path, help="the sweep's folder, e.g. results/<name>")
+    export.add_argument("--out", type=Path, help="destination (default: results/<name>/export)")
+    export.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_libraries()
+    # Imported here so `medtune --help` answers without loading torch and Ray.
+    from tune.errors import USER_ERRORS
+
+    console = Console(highlight=False)
+    try:
+        if args.command == "sweep":
+            return _sweep(args, console)
+        return _export(args.results, console, args.out)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        for line in str(e).splitlines():
+            print(f"medtune: error: {line}", file=sys.stderr)
+        return 2
+
+
+def _sweep(args, console: Console) -> int:
+    from tune.config import load_config
+    from tune.sweep import prepare_sweep, results_dir, run_sweep
+
+    cfg = load_config(args.config, args.overrides)
+    prep = prepare_sweep(cfg, console, overwrite=args.overwrite)
+    summary = run_sweep(prep, console, overwrite=args.overwrite)
+    out = results_dir(prep.cfg)
+    best = summary["best"]
+    if best is None:
+        reasons = sorted({t["error"] or "no evaluation" for t in summary["trials"]})
+        print(f"medtune: every trial failed: {'; '.join(reasons)}", file=sys.stderr)
+        return 1
+    metric = summary["metric"]
+    console.print(
+        f"\n[bold]Sweep done[/]: {len(summary['trials'])} trials, "
+        f"{summary['stopped_early']} stopped early, {summary['errored']} errored. "
+        f"Best {metric} {best[f'best_{metric}']:.4f} (trial {best['trial_id']})."
+    )
+    if args.no_export:
+        console.print(f"Export later with: medtune export {out}")
+        return 0
+    return _export(out, console, None)
+
+
+def _export(results: Path, console: Console, out: Path | None) -> int:
+    from tune.export import export_best
+
+    metrics = export_best(results, console, out=out)
+    base, tuned = metrics["base"], metrics["tuned"]
+    console.print("\n[bold]Test metrics[/]        base      tuned")
+    for key in tuned:
+        console.print(f"  {key:<16} {base[key]:>9.4f}  {tuned[key]:>9.4f}")
+    where = out or results / "export"
+    console.print(
+        f"\nExported to [bold]{where}[/] (merged model, adapter/, metrics.json, README.md)"
+    )
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal to medtune's own lines; every library still logs to its files."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # honour verbose=0: no status tables
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    import optuna
+    from transformers.utils import logging as hf_logging
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""`medtune export results/<name>`: the best checkpoint, scored on the test split, exported.
+
+The winner is the trial with the best evaluation anywhere in its history (Tune's
+`scope="all"`), and the checkpoint is the one written at that evaluation, not the trial's
+last. Only that model touches the test split. The export folder is the merged model (loads
+with `transformers.pipeline`), plus `adapter/` (PEFT), `metrics.json` and a model card.
+It is written to a temporary folder and renamed into place, so a failed export leaves any
+earlier export untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from peft import PeftModel
+from ray.tune import ExperimentAnalysis, ResultGrid
+from rich.console import Console
+
+from trainables.data import read_jsonl
+from trainables.evaluation import answer_loss, generate_answers, perplexity, rouge
+from trainables.models import load_model, load_tokenizer, prepare_model
+from trainables.prompts import encode_records
+from tune.config import ConfigError, SweepConfig
+from tune.errors import UserError
+from tune.model_card import write_model_card
+
+__all__ = ["best_checkpoint", "export_best", "load_sweep_config"]
+
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def load_sweep_config(results: Path) -> SweepConfig:
+    """The resolved config a sweep wrote into its results folder."""
+    path = results / "medtune.yaml"
+    if not path.is_file():
+        raise UserError(
+            f"{results}: not a medtune results folder (no medtune.yaml); give the folder "
+            "`medtune sweep` printed, e.g. results/<name>"
+        )
+    try:
+        return SweepConfig.model_validate(yaml.safe_load(path.read_text()))
+    except Exception as e:
+        raise ConfigError([f"{path}: unreadable sweep config ({e})"]) from None
+
+
+def best_checkpoint(results: Path, metric: str) -> tuple[Path, dict]:
+    """The checkpoint of the best evaluation across every trial and its metrics."""
+    analysis = ExperimentAnalysis(str(results), default_metric=metric, default_mode="min")
+    candidates = [
+        (Path(ckpt.path), m)
+        for result in ResultGrid(analysis)
+        for ckpt, m in (result.best_checkpoints or [])
+        if m.get(metric) == m.get(metric)  # NaN never wins
+    ]
+    if not candidates:
+        raise UserError(
+            f"{results}: no trial reported a checkpoint; the sweep failed or has not reached "
+            "its first evaluation (see sweep_summary.json and the trial error files)"
+        )
+    return min(candidates, key=lambda c: c[1][metric])
+
+
+def export_best(results: Path, console: Console, *, out: Path | None = None) -> dict:
+    """Score base and best model on the test split; write the export. Returns metrics."""
+    results = results.resolve()
+    cfg = load_sweep_config(results)
+    out = (out or results / "export").resolve()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"export destination {out} is a file; remove it or choose another")
+    checkpoint, best = best_checkpoint(results, cfg.search.metric)
+    console.print(
+        f"Best: trial {best['trial_id']} at step {best['step']} "
+        f"({cfg.search.metric} {best[cfg.search.metric]:.4f}), checkpoint {checkpoint}"
+    )
+    test = read_jsonl(results / "data" / "test.jsonl")
+    model_path = prepare_model(cfg.model)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    model = load_model(model_path, trust_remote_code=cfg.model.trust_remote_code)
+
+    examples, _ = encode_records(tokenizer, test, cfg.data.max_length, cfg.data.system_prompt)
+    samples = test[: cfg.export.generate_samples]
+    with console.status("Scoring the base model on the test split"):
+        base = _score(model, tokenizer, examples, samples, cfg)
+    model = PeftModel.from_pretrained(model, str(checkpoint))
+    with console.status("Scoring the tuned model on the test split"):
+        tuned = _score(model, tokenizer, examples, samples, cfg)
+    metrics = {
+        "run": cfg.run.name,
+        "model": cfg.model.name,
+        "metric": cfg.search.metric,
+        "best_trial": {
+            "trial_id": best["trial_id"],
+            "step": best["step"],
+            "config": best["config"],
+            cfg.search.metric: best[cfg.search.metric],
+            "checkpoint": str(checkpoint.relative_to(results)),
+        },
+        "test_examples": len(examples),
+        "generated_examples": len(samples),
+        "base": base.pop("metrics"),
+        "tuned": tuned.pop("metrics"),
+        "samples": [
+            {"question": r.question, "reference": r.answer, "base": b, "tuned": t}
+            for r, b, t in zip(samples, base["answers"], tuned["answers"], strict=True)
+        ],
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _write_export(model, tokenizer, checkpoint, metrics, results, out)
+    return metrics
+
+
+def _score(model, tokenizer, examples, samples, cfg: SweepConfig) -> dict:
+    loss = answer_loss(model, examples, cfg.export.batch_size, tokenizer.pad_token_id)
+    answers = generate_answers(
+        model,
+        tokenizer,
+        samples,
+        max_new_tokens=cfg.export.max_new_tokens,
+        batch_size=cfg.export.batch_size,
+        system_prompt=cfg.data.system_prompt,
+    )
+    scores = rouge(answers, [r.answer for r in samples]) if samples else {}
+    return {
+        "metrics": {"test_loss": loss, "test_perplexity": perplexity(loss), **scores},
+        "answers": answers,
+    }
+
+
+def _write_export(model, tokenizer, checkpoint: Path, metrics: dict, results: Path, out: Path):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        adapter = tmp / "adapter"
+        adapter.mkdir()
+        for name in _ADAPTER_FILES:
+            shutil.copy2(checkpoint / name, adapter / name)
+        merged = model.merge_and_unload()
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_model_card(tmp / "README.md", metrics, results)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}-old-{int(time.time())}")
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,103 @@
+"""The exported model's card: Hugging Face model-card format (YAML metadata + Markdown)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+__all__ = ["write_model_card"]
+
+# Where the built-in models come from, for the card's `base_model`.
+_BASE_MODEL_IDS = {
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+_DATASETS = {
+    "demo": [],
+    "medquad": ["abachaa/MedQuAD"],
+    "instruction": [],
+}
+
+
+def write_model_card(path: Path, metrics: dict, results: Path) -> None:
+    cfg = yaml.safe_load((results / "medtune.yaml").read_text())
+    data = json.loads((results / "data" / "summary.json").read_text())
+    sweep_file = results / "sweep_summary.json"
+    sweep = json.loads(sweep_file.read_text()) if sweep_file.is_file() else {}
+    space = yaml.safe_load((results / "search_space.yaml").read_text())
+    model = cfg["model"]["name"]
+    meta = {
+        "base_model": _BASE_MODEL_IDS.get(model, model),
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": ["medtune", "lora", "peft", "medical", "question-answering"],
+        "datasets": _DATASETS.get(cfg["data"]["source"], []),
+        "metrics": ["perplexity", "rouge"],
+        "license": "other",
+    }
+    base, tuned = metrics["base"], metrics["tuned"]
+    rows = "\n".join(f"| {k} | {base[k]:.4f} | {tuned[k]:.4f} |" for k in tuned if k in base)
+    best = metrics["best_trial"]
+    params = "\n".join(f"| {k} | {v:.4g} |" for k, v in best["config"].items())
+    splits = "\n".join(
+        f"| {name} | {s['records']} | {s['groups']} | {s['truncated']} |"
+        for name, s in data["splits"].items()
+    )
+    samples = "\n\n".join(
+        f"**Q:** {s['question']}\n\n- reference: {s['reference']}\n- base: {s['base']}\n"
+        f"- tuned: {s['tuned']}"
+        for s in metrics["samples"][:3]
+    )
+    trials = sweep.get("trials", [])
+    body = f"""# {metrics["run"]}: LoRA fine-tune of {meta["base_model"]}
+
+Produced by [medtune](https://pypi.org/project/medtune/) from a hyperparameter sweep of LoRA
+fine-tuning on medical question answering. The weights here are the base model with the
+winning adapter merged in; `adapter/` holds the adapter alone
+(`PeftModel.from_pretrained(base, "adapter")`).
+
+**Not medical advice.** This model generates text that can be wrong, outdated or harmful if
+followed. It is a research artifact for studying fine-tuning, not a clinical tool.
+
+## Data
+Source `{data["source"]}`{f" ({data['path']})" if data.get("path") else ""}; {data["records_read"]}
+records read, dropped: {data["dropped"] or "none"}. Split by group (no group in two splits),
+seed {cfg["data"]["seed"]}. Fingerprint `{data["fingerprint"][:16]}`.
+
+| split | records | groups | answers truncated |
+|---|---|---|---|
+{splits}
+
+## Sweep
+{len(trials)} trials ({sweep.get("stopped_early", "?")} stopped early, {sweep.get("errored", "?")}
+errored, {sweep.get("steps_trained", "?")} training steps in all), Optuna TPE (seed
+{cfg["search"]["seed"]}), scheduler `{cfg["scheduler"]["name"]}`, metric
+`{metrics["metric"]}` on the validation split (answer tokens only).
+
+Search space: `{json.dumps(space)}`
+
+Chosen (trial {best["trial_id"]}, checkpoint at step {best["step"]},
+{metrics["metric"]} {best[metrics["metric"]]:.4f}):
+
+| hyperparameter | value |
+|---|---|
+{params}
+
+## Test metrics
+{metrics["test_examples"]} test examples for loss and perplexity (answer tokens only);
+ROUGE F1 on greedy answers to the first {metrics["generated_examples"]}.
+
+| metric | base model | tuned |
+|---|---|---|
+{rows}
+
+## Sample answers
+{samples}
+
+## Limitations
+Small models and short sweeps learn the style of the training answers more than medical
+knowledge. ROUGE rewards word overlap, not correctness. The test split comes from the same
+source as training; performance on other populations, sources or languages is unknown.
+"""
+    path.write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + body)

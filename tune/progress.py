@@ -1,0 +1,70 @@
+"""Readable sweep progress: one line per trial event, instead of Ray's status tables."""
+
+from __future__ import annotations
+
+from ray.tune import Callback
+from rich.console import Console
+
+__all__ = ["SweepProgress", "format_params"]
+
+
+def format_params(config: dict) -> str:
+    parts = []
+    for key, short in (
+        ("learning_rate", "lr"),
+        ("weight_decay", "wd"),
+        ("lora_r", "r"),
+        ("lora_alpha", "alpha"),
+        ("lora_dropout", "dropout"),
+    ):
+        if key in config:
+            v = config[key]
+            parts.append(f"{short}={v:.2e}" if key == "learning_rate" else f"{short}={v:.3g}")
+    return " ".join(parts)
+
+
+class SweepProgress(Callback):
+    """Prints trial starts, evaluations, early stops, completions and errors."""
+
+    def __init__(self, console: Console, metric: str, max_steps: int, num_samples: int):
+        self.console, self.metric, self.max_steps = console, metric, max_steps
+        self.num_samples = num_samples
+        self.started = 0
+        self.numbers: dict[str, int] = {}
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks into the experiment state; a console holds locks.
+        return {**self.__dict__, "console": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.console = Console()
+
+    def _name(self, trial) -> str:
+        return f"trial {self.numbers.get(trial.trial_id, '?')}/{self.num_samples}"
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id not in self.numbers:
+            self.started += 1
+            self.numbers[trial.trial_id] = self.started
+        self.console.print(f"[bold]▶ {self._name(trial)}[/] {format_params(trial.config)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.console.print(
+            f"  {self._name(trial)} step {result['step']:>4}/{self.max_steps} "
+            f"{self.metric} {result[self.metric]:.4f}  train_loss {result['train_loss']:.4f}  "
+            f"{result['tokens_per_second']:.0f} tok/s"
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        step = last.get("step", 0)
+        how = "finished" if step >= self.max_steps else "stopped early by the scheduler"
+        best = trial.metric_analysis.get(self.metric, {}).get("min")
+        best_text = f", best {self.metric} {best:.4f}" if best is not None else ""
+        self.console.print(f"[green]✓ {self._name(trial)}[/] {how} at step {step}{best_text}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = trial.get_error()
+        first = str(error).strip().splitlines()[-1] if error else "unknown error"
+        self.console.print(f"[red]✗ {self._name(trial)} errored:[/] {first}")

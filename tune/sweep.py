@@ -1,0 +1,261 @@
+"""`medtune sweep`: validate, prepare data and model once, run the Ray Tune sweep.
+
+    medtune sweep --config tune/configs/default.yaml search.num_samples=8
+
+Everything that can fail on bad input (config, search space, model name, data) is checked
+before anything is written or Ray starts. The results folder then holds Tune's experiment
+plus what medtune adds: the resolved config, the search space, the data splits with their
+fingerprint, package versions, and `sweep_summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import optuna
+import ray
+import yaml
+from ray import tune as ray_tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+from rich.console import Console
+
+from search_spaces import SearchSpace, load_space
+from trainables.data import DataError, Record, fingerprint, split_records, write_jsonl
+from trainables.data import load_records as read_records
+from trainables.models import load_tokenizer, prepare_model
+from trainables.prompts import encode_records
+from trainables.trainable import TrialSettings, train_lora
+from tune.config import SweepConfig
+from tune.errors import UserError
+from tune.progress import SweepProgress
+
+__all__ = ["PreparedSweep", "prepare_sweep", "results_dir", "run_sweep"]
+
+_PACKAGES = ("medtune", "torch", "transformers", "peft", "ray", "optuna", "accelerate")
+
+
+@dataclass
+class PreparedSweep:
+    """A validated sweep, ready to run: nothing has been written yet."""
+
+    cfg: SweepConfig
+    space: SearchSpace
+    model_path: str
+    pad_token_id: int
+    splits: dict[str, list[Record]]
+    encoded: dict[str, list[dict]]
+    data_summary: dict
+
+
+def results_dir(cfg: SweepConfig) -> Path:
+    return Path(cfg.run.storage).expanduser().resolve() / cfg.run.name
+
+
+def prepare_sweep(cfg: SweepConfig, console: Console, *, overwrite: bool = False) -> PreparedSweep:
+    """Check every input and build the tokenized splits, writing nothing."""
+    cfg = cfg.with_run_name()
+    space = load_space(cfg.search.space)
+    out = results_dir(cfg)
+    if out.exists() and not overwrite:
+        raise UserError(
+            f"run.name={cfg.run.name}: {out} already exists; choose another run.name, or pass "
+            "--overwrite to replace it"
+        )
+    records, report = read_records(cfg.data)
+    splits = split_records(
+        records,
+        val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction,
+        seed=cfg.data.seed,
+    )
+    with console.status(f"Preparing model {cfg.model.name} (converted once, then cached)"):
+        model_path = prepare_model(cfg.model)
+        tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    encoded, token_stats = {}, {}
+    for name, split in splits.items():
+        encoded[name], token_stats[name] = encode_records(
+            tokenizer, split, cfg.data.max_length, cfg.data.system_prompt
+        )
+        if not encoded[name]:
+            raise DataError(
+                f"data.max_length={cfg.data.max_length}: every {name} question is too long to "
+                "leave room for an answer; raise data.max_length"
+            )
+    summary = {
+        "source": cfg.data.source,
+        "path": cfg.data.path,
+        "records_read": report.read,
+        "dropped": dict(report.dropped),
+        "fingerprint": fingerprint(r for s in splits.values() for r in s),
+        "splits": {
+            name: {
+                "records": len(split),
+                "groups": len({r.group for r in split}),
+                "examples": len(encoded[name]),
+                "truncated": token_stats[name]["truncated"],
+                "dropped_too_long": token_stats[name]["too_long"],
+                "fingerprint": fingerprint(split),
+            }
+            for name, split in splits.items()
+        },
+    }
+    return PreparedSweep(cfg, space, model_path, tokenizer.pad_token_id, splits, encoded, summary)
+
+
+def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False) -> dict:
+    """Write the results folder, run the sweep on Ray, and return its summary."""
+    cfg = prep.cfg
+    out = results_dir(cfg)
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    _write_inputs(prep, out)
+    _start_ray(cfg)
+    tuner = _build_tuner(prep, out, console)
+    console.print(
+        f"Sweep [bold]{cfg.run.name}[/]: {cfg.search.num_samples} trials of {cfg.model.name} on "
+        f"{cfg.data.source} ({len(prep.encoded['train'])} train / "
+        f"{len(prep.encoded['validation'])} validation examples), "
+        f"{cfg.scheduler.name} scheduler, results in {out}"
+    )
+    grid = tuner.fit()
+    summary = _summarize(grid, cfg)
+    (out / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _write_inputs(prep: PreparedSweep, out: Path) -> None:
+    (out / "data").mkdir(parents=True)
+    (out / "medtune.yaml").write_text(
+        yaml.safe_dump(prep.cfg.model_dump(mode="json"), sort_keys=False)
+    )
+    (out / "search_space.yaml").write_text(yaml.safe_dump(prep.space.describe(), sort_keys=False))
+    for name, split in prep.splits.items():
+        write_jsonl(split, out / "data" / f"{name}.jsonl")
+    (out / "data" / "summary.json").write_text(json.dumps(prep.data_summary, indent=2))
+    env = {p: _version(p) for p in _PACKAGES}
+    env |= {"python": platform.python_version(), "machine": platform.machine()}
+    (out / "environment.json").write_text(json.dumps(env, indent=2))
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except Exception:
+        return None
+
+
+def _start_ray(cfg: SweepConfig) -> None:
+    if ray.is_initialized():
+        return
+    # Trial stdout would drown the progress lines; Tune keeps each trial's log and error.
+    ray.init(
+        address=cfg.ray.address or None,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+    )
+
+
+def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.Tuner:
+    cfg = prep.cfg
+    metric, mode = cfg.search.metric, "min"
+    settings = TrialSettings(
+        model_path=prep.model_path,
+        model=cfg.model,
+        train=cfg.train,
+        pad_token_id=prep.pad_token_id,
+        cpus=cfg.resources.cpus_per_trial,
+    )
+    limit = cfg.train.eval_max_examples
+    data = {"train": prep.encoded["train"], "validation": prep.encoded["validation"][:limit]}
+    # with_parameters puts settings and data in the object store once for all trials.
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(train_lora, settings=settings, data=data),
+        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
+    )
+    searcher = OptunaSearch(
+        space=prep.space.to_optuna(),
+        metric=metric,
+        mode=mode,
+        sampler=optuna.samplers.TPESampler(
+            seed=cfg.search.seed, n_startup_trials=cfg.search.startup_trials
+        ),
+    )
+    if cfg.scheduler.name == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",  # one iteration = one evaluation
+            max_t=cfg.evaluations,
+            grace_period=cfg.scheduler.grace_period,
+            reduction_factor=cfg.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return ray_tune.Tuner(
+        trainable,
+        tune_config=ray_tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=cfg.search.num_samples,
+            max_concurrent_trials=cfg.resources.max_concurrent_trials,
+            reuse_actors=cfg.run.reuse_actors,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=ray_tune.RunConfig(
+            name=cfg.run.name,
+            storage_path=str(out.parent),
+            checkpoint_config=ray_tune.CheckpointConfig(
+                num_to_keep=cfg.run.checkpoints_to_keep,
+                checkpoint_score_attribute=metric,
+                checkpoint_score_order=mode,
+            ),
+            failure_config=ray_tune.FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=[SweepProgress(console, metric, cfg.train.max_steps, cfg.search.num_samples)],
+            verbose=0,
+        ),
+    )
+
+
+def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
+    metric = cfg.search.metric
+    trials = []
+    for result in grid:
+        df = result.metrics_dataframe
+        has = df is not None and metric in df
+        trials.append(
+            {
+                "trial_id": result.metrics.get("trial_id") if result.metrics else None,
+                "config": result.config,
+                "status": "error" if result.error else "completed",
+                "error": str(result.error).strip().splitlines()[-1] if result.error else None,
+                "evaluations": int(len(df)) if has else 0,
+                "last_step": int(df["step"].iloc[-1]) if has else 0,
+                f"best_{metric}": float(df[metric].min()) if has else None,
+                "path": result.path,
+            }
+        )
+    ok = [t for t in trials if t[f"best_{metric}"] is not None]
+    best = min(ok, key=lambda t: t[f"best_{metric}"]) if ok else None
+    return {
+        "name": cfg.run.name,
+        "metric": metric,
+        "mode": "min",
+        "trials": trials,
+        "errored": sum(t["status"] == "error" for t in trials),
+        "stopped_early": sum(
+            t["status"] == "completed" and t["last_step"] < cfg.train.max_steps for t in trials
+        ),
+        "steps_trained": sum(t["last_step"] for t in trials),
+        "best": best,
+    }
