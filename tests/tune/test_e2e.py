@@ -1,0 +1,161 @@
+"""The whole path through the real `medtune` command: tiny-random, demo slice, ASHA, export."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+MEDTUNE = str(Path(sys.executable).parent / "medtune")
+MAX_STEPS, SAMPLES = 20, 4
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, model_cache):
+    root = tmp_path_factory.mktemp("e2e")
+    args = [
+        "sweep",
+        "model.name=tiny-random",
+        "data.max_records=120",
+        f"search.num_samples={SAMPLES}",
+        "scheduler.name=asha",
+        f"train.max_steps={MAX_STEPS}",
+        "train.eval_every=5",
+        "train.per_device_batch_size=4",
+        "export.generate_samples=6",
+        "export.max_new_tokens=16",
+        "run.name=e2e",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [MEDTUNE, *args], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "results" / "e2e", proc.stdout
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_results_folder_holds_inputs_and_tune_experiment(sweep):
+    out, _ = sweep
+    cfg = yaml.safe_load((out / "medtune.yaml").read_text())
+    assert cfg["model"]["name"] == "tiny-random"
+    assert cfg["run"]["name"] == "e2e"
+    assert (out / "search_space.yaml").is_file()
+    summary = json.loads((out / "data" / "summary.json").read_text())
+    groups = {}
+    for split in ("train", "validation", "test"):
+        rows = [json.loads(x) for x in (out / "data" / f"{split}.jsonl").read_text().splitlines()]
+        assert len(rows) == summary["splits"][split]["records"] > 0
+        groups[split] = {r["group"] for r in rows}
+    assert not groups["train"] & groups["test"] and not groups["train"] & groups["validation"]
+    env = json.loads((out / "environment.json").read_text())
+    assert env["ray"] and env["torch"] and env["peft"]
+    assert list(out.glob("experiment_state-*.json"))
+
+
+def test_asha_sweep_invariants(sweep):
+    out, stdout = sweep
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    trials = summary["trials"]
+    assert len(trials) == SAMPLES
+    assert summary["errored"] == 0
+    assert all(t["evaluations"] >= 1 for t in trials)
+    assert any(t["last_step"] == MAX_STEPS for t in trials)
+    assert summary["steps_trained"] <= SAMPLES * MAX_STEPS
+    assert summary["stopped_early"] == sum(t["last_step"] < MAX_STEPS for t in trials)
+    for t in trials:
+        assert set(t["config"]) == {"learning_rate", "weight_decay", "lora_r"}
+        assert 1e-5 <= t["config"]["learning_rate"] <= 1e-3
+        assert t["config"]["lora_r"] in (4, 8, 16, 32)
+    assert "Sweep done" in stdout and "Exported to" in stdout
+
+
+def test_every_evaluation_reports_the_documented_metrics(sweep):
+    out, _ = sweep
+    for progress in out.glob("trial_*/progress.csv"):
+        df = pd.read_csv(progress)
+        for key in ("eval_loss", "eval_perplexity", "train_loss", "step", "tokens_per_second"):
+            assert key in df
+        assert (df["step"] % 5 == 0).all() and df["step"].is_monotonic_increasing
+        assert df["eval_loss"].map(math.isfinite).all()
+        assert (
+            (df["eval_perplexity"] - df["eval_loss"].map(math.exp)).abs()
+            < 1e-6 * df["eval_perplexity"]
+        ).all()
+        assert (df["tokens_per_second"] > 0).all()
+
+
+def test_export_picks_the_best_evaluation_not_the_last(sweep):
+    out, _ = sweep
+    metrics = json.loads((out / "export" / "metrics.json").read_text())
+    every = pd.concat(pd.read_csv(p) for p in out.glob("trial_*/progress.csv"))
+    best_row = every.loc[every["eval_loss"].idxmin()]
+    chosen = metrics["best_trial"]
+    assert chosen["eval_loss"] == pytest.approx(best_row["eval_loss"])
+    assert chosen["trial_id"] == best_row["trial_id"]
+    assert chosen["step"] == best_row["step"]
+    state = json.loads((out / chosen["checkpoint"] / "trainer_state.json").read_text())
+    assert state["global_step"] == chosen["step"]
+
+
+def test_export_metrics_are_finite_and_in_range(sweep):
+    out, _ = sweep
+    metrics = json.loads((out / "export" / "metrics.json").read_text())
+    for side in ("base", "tuned"):
+        m = metrics[side]
+        assert set(m) == {"test_loss", "test_perplexity", "rouge1", "rouge2", "rougeL"}
+        assert math.isfinite(m["test_loss"]) and m["test_loss"] > 0
+        assert m["test_perplexity"] == pytest.approx(math.exp(m["test_loss"]))
+        for k in ("rouge1", "rouge2", "rougeL"):
+            assert 0.0 <= m[k] <= 1.0
+    assert metrics["test_examples"] > 0
+    assert len(metrics["samples"]) == metrics["generated_examples"] == 6
+    assert metrics["base"]["test_loss"] != metrics["tuned"]["test_loss"]
+
+
+def test_export_folder_loads_in_a_pipeline_and_as_an_adapter(sweep):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, pipeline
+
+    out, _ = sweep
+    export = out / "export"
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+        "metrics.json",
+        "README.md",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ):
+        assert (export / name).is_file(), name
+    generator = pipeline("text-generation", model=str(export))
+    text = generator("Question: What is asthma?\nAnswer:", max_new_tokens=5, do_sample=False)
+    assert isinstance(text[0]["generated_text"], str)
+
+    base_path = os.environ["MEDTUNE_CACHE"] + "/models/tiny-random"
+    base = AutoModelForCausalLM.from_pretrained(base_path)
+    adapted = PeftModel.from_pretrained(base, str(export / "adapter")).eval()
+    merged = AutoModelForCausalLM.from_pretrained(str(export)).eval()
+    ids = torch.tensor([[5, 17, 42, 99, 3]])
+    with torch.no_grad():
+        assert torch.allclose(adapted(ids).logits, merged(ids).logits, atol=1e-5)
+
+
+def test_model_card(sweep):
+    out, _ = sweep
+    card = (out / "export" / "README.md").read_text()
+    assert card.startswith("---\n")
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["library_name"] == "transformers" and "lora" in meta["tags"]
+    assert "Not medical advice" in card
+    assert "| test_loss |" in card
