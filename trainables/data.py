@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from trainables.config import DataConfig
+from trainables.errors import DataError
 
 __all__ = [
     "DataError",
@@ -37,10 +38,6 @@ __all__ = [
 ]
 
 SPLITS = ("train", "validation", "test")
-
-
-class DataError(ValueError):
-    """A data file or folder that cannot give usable records; the message names it."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from trainables.config import ModelConfig
+from trainables.errors import ModelError
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -52,10 +53,6 @@ _TARGETS = {
     "bloom": ["query_key_value"],
     "falcon": ["query_key_value"],
 }
-
-
-class ModelError(ValueError):
-    """A model name that cannot be resolved or loaded; the message names it."""
 
 
 def cache_root(cfg: ModelConfig) -> Path:

@@ -43,8 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _quiet_libraries()
-    # Imported here so `medtune --help` answers without loading torch and Ray.
+    # Imported here so `medtune --help` and config typos answer before torch and Ray load.
     from tune.errors import USER_ERRORS
 
     console = Console(highlight=False)
@@ -62,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep(args, console: Console) -> int:
     from tune.config import load_config
-    from tune.sweep import prepare_sweep, results_dir, run_sweep
 
     cfg = load_config(args.config, args.overrides)
+    _quiet_libraries()
+    from tune.sweep import prepare_sweep, results_dir, run_sweep
+
     prep = prepare_sweep(cfg, console, overwrite=args.overwrite)
     summary = run_sweep(prep, console, overwrite=args.overwrite)
     out = results_dir(prep.cfg)
@@ -86,6 +87,7 @@ def _sweep(args, console: Console) -> int:
 
 
 def _export(results: Path, console: Console, out: Path | None) -> int:
+    _quiet_libraries()
     from tune.export import export_best
 
     metrics = export_best(results, console, out=out)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from search_spaces import SearchSpaceError
-from trainables.data import DataError
-from trainables.models import ModelError
+from trainables.errors import DataError, ModelError
 from tune.config import ConfigError
 
 __all__ = ["USER_ERRORS", "UserError"]

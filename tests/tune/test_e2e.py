@@ -96,7 +96,7 @@ def test_every_evaluation_reports_the_documented_metrics(sweep):
 def test_export_picks_the_best_evaluation_not_the_last(sweep):
     out, _ = sweep
     metrics = json.loads((out / "export" / "metrics.json").read_text())
-    every = pd.concat(pd.read_csv(p) for p in out.glob("trial_*/progress.csv"))
+    every = pd.concat((pd.read_csv(p) for p in out.glob("trial_*/progress.csv")), ignore_index=True)
     best_row = every.loc[every["eval_loss"].idxmin()]
     chosen = metrics["best_trial"]
     assert chosen["eval_loss"] == pytest.approx(best_row["eval_loss"])
