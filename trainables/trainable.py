@@ -1,7 +1,8 @@
 """The Ray Tune trainable: one LoRA fine-tuning run of a base model with sampled settings.
 
 Tune calls `train_lora(config)` once per trial, where `config` holds only the sampled
-hyperparameters (learning_rate, weight_decay, lora_r, optionally lora_alpha, lora_dropout).
+hyperparameters (learning_rate, weight_decay, lora_r, optionally lora_alpha, lora_dropout;
+confirmation runs add `seed`).
 Everything fixed for the sweep arrives through `ray.tune.with_parameters`: `settings` and the
 tokenized `data`, put in Ray's object store once per sweep and shared by every trial.
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import ray.tune
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from trainables.config import ModelConfig, TrainConfig
 from trainables.evaluation import answer_loss, perplexity
@@ -52,6 +53,9 @@ def train_lora(config: dict, *, settings: TrialSettings, data: dict[str, list[di
     """Fine-tune LoRA adapters with `config`'s hyperparameters, reporting to Ray Tune."""
     torch.set_num_threads(max(1, int(settings.cpus)))
     train = settings.train
+    # Seeded before LoRA's random init, so trials differ only by their hyperparameters;
+    # confirmation runs pass their own `seed`.
+    set_seed(int(config.get("seed", train.seed)))
     model = _lora_model(config, settings)
     work = Path(tempfile.mkdtemp(prefix="medtune-trial-"))
     try:
@@ -105,7 +109,7 @@ def _training_args(config: dict, train: TrainConfig, work: Path) -> TrainingArgu
         include_num_input_tokens_seen="non_padding",
         report_to="none",
         disable_tqdm=True,
-        seed=train.seed,
+        seed=int(config.get("seed", train.seed)),
         use_cpu=not cuda,
         bf16=cuda and torch.cuda.is_bf16_supported(),
         dataloader_pin_memory=cuda,

@@ -1,7 +1,10 @@
 """The `medtune` command.
 
     medtune sweep [--config FILE] [--overwrite] [--no-export] [key=value ...]
+    medtune data inspect [--config FILE] [--json] [key=value ...]
     medtune export results/<name>
+    medtune generate results/<name>/export ["question"]
+    medtune serve results/<name>/export [--port N]
 
 Bad input prints one line per problem (`medtune: error: ...`) and exits 2 before anything is
 written; `--debug` shows the traceback instead.
@@ -34,10 +37,32 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--debug", action="store_true", help="show tracebacks")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.max_steps=100")
 
+    data = sub.add_parser("data", help="look at the configured data before a sweep")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    inspect = data_sub.add_parser("inspect", help="records, drops, splits, lengths, leakage")
+    inspect.add_argument("--config", help="YAML config (default: the shipped default sweep)")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    inspect.add_argument("--debug", action="store_true", help="show tracebacks")
+    inspect.add_argument("overrides", nargs="*", metavar="key=value")
+
     export = sub.add_parser("export", help="export the best model of a finished sweep")
     export.add_argument("results", type=Path, help="the sweep's folder, e.g. results/<name>")
     export.add_argument("--out", type=Path, help="destination (default: results/<name>/export)")
     export.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    generate = sub.add_parser("generate", help="answer questions with an exported model")
+    generate.add_argument("model_dir", type=Path, help="an export, e.g. results/<name>/export")
+    generate.add_argument("question", nargs="?", help="omit to ask interactively")
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    serve = sub.add_parser("serve", help="serve an exported model (OpenAI-compatible chat API)")
+    serve.add_argument("model_dir", type=Path, help="an export, e.g. results/<name>/export")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="bind address; anything but loopback warns"
+    )
+    serve.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -50,6 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sweep":
             return _sweep(args, console)
+        if args.command == "data":
+            from tune.data_report import run_inspect
+
+            return run_inspect(args, console)
+        if args.command in ("generate", "serve"):
+            _quiet_libraries()
+            if args.command == "generate":
+                from tune.generate import run_generate
+
+                return run_generate(args, console)
+            from tune.serve import run_serve
+
+            return run_serve(args, console)
         return _export(args.results, console, args.out)
     except USER_ERRORS as e:
         if args.debug:

@@ -94,6 +94,13 @@ class RayConfig(Section):
 
 
 class ExportConfig(Section):
+    confirm_top_k: int = Field(
+        3,
+        ge=0,
+        description="Retrain the k best configurations with new seeds before testing; "
+        "0 exports the sweep's best checkpoint directly.",
+    )
+    confirm_seeds: int = Field(2, ge=1, description="New seeds per confirmed configuration.")
     generate_samples: int = Field(
         24, ge=0, description="Test questions answered by base and tuned model for ROUGE."
     )

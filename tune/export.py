@@ -1,15 +1,18 @@
 """`medtune export results/<name>`: the best checkpoint, scored on the test split, exported.
 
-The winner is the trial with the best evaluation anywhere in its history (Tune's
-`scope="all"`), and the checkpoint is the one written at that evaluation, not the trial's
-last. Only that model touches the test split. The export folder is the merged model (loads
-with `transformers.pipeline`), plus `adapter/` (PEFT), `metrics.json` and a model card.
-It is written to a temporary folder and renamed into place, so a failed export leaves any
-earlier export untouched.
+With `export.confirm_top_k > 0` the top configurations are first retrained with new seeds
+(`tune/confirm.py`) and the one with the best mean validation score wins. Otherwise the
+winner is the trial with the best evaluation anywhere in its history, and the checkpoint is
+the one written at that evaluation, not the trial's last. Only the chosen model touches the
+test split, once. The export folder is the merged model (loads with
+`transformers.pipeline`), plus `adapter/` (PEFT), `metrics.json`, `medtune_prompt.json`, a
+model card and `checksums.sha256`. It is written to a temporary folder and renamed into
+place, so a failed export leaves any earlier export untouched.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -26,12 +29,15 @@ from trainables.evaluation import answer_loss, generate_answers, perplexity, rou
 from trainables.models import load_model, load_tokenizer, prepare_model
 from trainables.prompts import encode_records
 from tune.config import ConfigError, SweepConfig
+from tune.confirm import run_confirmation
 from tune.errors import UserError
 from tune.model_card import write_model_card
 
-__all__ = ["best_checkpoint", "export_best", "load_sweep_config"]
+__all__ = ["MANIFEST", "PROMPT_FILE", "best_checkpoint", "export_best", "load_sweep_config"]
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+PROMPT_FILE = "medtune_prompt.json"
+MANIFEST = "checksums.sha256"
 
 
 def load_sweep_config(results: Path) -> SweepConfig:
@@ -72,9 +78,22 @@ def export_best(results: Path, console: Console, *, out: Path | None = None) -> 
     out = (out or results / "export").resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"export destination {out} is a file; remove it or choose another")
-    checkpoint, best = best_checkpoint(results, cfg.search.metric)
+    confirmation = None
+    if cfg.export.confirm_top_k > 0:
+        confirmation = run_confirmation(results, cfg, console)
+        run = confirmation["best_run"]
+        chosen = confirmation["candidates"][confirmation["chosen"]]
+        checkpoint = results / run["checkpoint"]
+        best = {
+            "trial_id": run["trial_id"],
+            "step": run["step"],
+            "config": {**chosen["config"], "seed": run["seed"]},
+            cfg.search.metric: run["best"],
+        }
+    else:
+        checkpoint, best = best_checkpoint(results, cfg.search.metric)
     console.print(
-        f"Best: trial {best['trial_id']} at step {best['step']} "
+        f"Chosen: trial {best['trial_id']} at step {best['step']} "
         f"({cfg.search.metric} {best[cfg.search.metric]:.4f}), checkpoint {checkpoint}"
     )
     test = read_jsonl(results / "data" / "test.jsonl")
@@ -108,10 +127,24 @@ def export_best(results: Path, console: Console, *, out: Path | None = None) -> 
             {"question": r.question, "reference": r.answer, "base": b, "tuned": t}
             for r, b, t in zip(samples, base["answers"], tuned["answers"], strict=True)
         ],
+        "confirmation": confirmation,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_export(model, tokenizer, checkpoint, metrics, results, out)
+    prompt = {"system_prompt": cfg.data.system_prompt, "max_length": cfg.data.max_length}
+    _write_export(model, tokenizer, checkpoint, metrics, prompt, results, out)
     return metrics
+
+
+def _write_manifest(folder: Path) -> None:
+    """sha256 of every file, in `sha256sum -c` format."""
+    lines = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        lines.append(f"{digest.hexdigest()}  {path.relative_to(folder).as_posix()}")
+    (folder / MANIFEST).write_text("\n".join(lines) + "\n")
 
 
 def _score(model, tokenizer, examples, samples, cfg: SweepConfig) -> dict:
@@ -131,7 +164,10 @@ def _score(model, tokenizer, examples, samples, cfg: SweepConfig) -> dict:
     }
 
 
-def _write_export(model, tokenizer, checkpoint: Path, metrics: dict, results: Path, out: Path):
+def _write_export(
+    model, tokenizer, checkpoint: Path, metrics: dict, prompt: dict, results: Path, out: Path
+) -> None:
+    """Write everything into a temporary sibling folder, then rename it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -143,7 +179,10 @@ def _write_export(model, tokenizer, checkpoint: Path, metrics: dict, results: Pa
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        # How the model was prompted in training; `medtune generate` and `serve` ask the same way.
+        (tmp / PROMPT_FILE).write_text(json.dumps(prompt, indent=2))
         write_model_card(tmp / "README.md", metrics, results)
+        _write_manifest(tmp)
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}-old-{int(time.time())}")

@@ -50,6 +50,10 @@ def write_model_card(path: Path, metrics: dict, results: Path) -> None:
         for s in metrics["samples"][:3]
     )
     trials = sweep.get("trials", [])
+    confirmation = _confirmation_section(metrics.get("confirmation"))
+    compute = sweep.get("trial_seconds")
+    compute_text = f", {compute / 60:.1f} trial-minutes of compute" if compute else ""
+    source_path = f" ({data['path']})" if data.get("path") else ""
     body = f"""# {metrics["run"]}: LoRA fine-tune of {meta["base_model"]}
 
 Produced by [medtune](https://pypi.org/project/medtune/) from a hyperparameter sweep of LoRA
@@ -61,18 +65,18 @@ winning adapter merged in; `adapter/` holds the adapter alone
 followed. It is a research artifact for studying fine-tuning, not a clinical tool.
 
 ## Data
-Source `{data["source"]}`{f" ({data['path']})" if data.get("path") else ""}; {data["records_read"]}
-records read, dropped: {data["dropped"] or "none"}. Split by group (no group in two splits),
-seed {cfg["data"]["seed"]}. Fingerprint `{data["fingerprint"][:16]}`.
+Source `{data["source"]}`{source_path}: {data["records_read"]} records read, dropped:
+{data["dropped"] or "none"}. Split by group with seed {cfg["data"]["seed"]}, no group in two
+splits. Fingerprint `{data["fingerprint"][:16]}`.
 
 | split | records | groups | answers truncated |
 |---|---|---|---|
 {splits}
 
 ## Sweep
-{len(trials)} trials ({sweep.get("stopped_early", "?")} stopped early, {sweep.get("errored", "?")}
-errored, {sweep.get("steps_trained", "?")} training steps in all), Optuna TPE (seed
-{cfg["search"]["seed"]}), scheduler `{cfg["scheduler"]["name"]}`, metric
+{len(trials)} trials: {sweep.get("stopped_early", "?")} stopped early, {sweep.get("errored", "?")}
+errored, {sweep.get("steps_trained", "?")} training steps in all{compute_text}. Optuna TPE
+(seed {cfg["search"]["seed"]}), scheduler `{cfg["scheduler"]["name"]}`, metric
 `{metrics["metric"]}` on the validation split (answer tokens only).
 
 Search space: `{json.dumps(space)}`
@@ -84,6 +88,7 @@ Chosen (trial {best["trial_id"]}, checkpoint at step {best["step"]},
 |---|---|
 {params}
 
+{confirmation}
 ## Test metrics
 {metrics["test_examples"]} test examples for loss and perplexity (answer tokens only);
 ROUGE F1 on greedy answers to the first {metrics["generated_examples"]}.
@@ -101,3 +106,21 @@ knowledge. ROUGE rewards word overlap, not correctness. The test split comes fro
 source as training; performance on other populations, sources or languages is unknown.
 """
     path.write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + body)
+
+
+def _confirmation_section(confirmation: dict | None) -> str:
+    if not confirmation:
+        return "No confirmation runs (export.confirm_top_k=0): the sweep's best checkpoint.\n"
+    rows = []
+    for i, c in enumerate(confirmation["candidates"]):
+        params = ", ".join(f"{k}={v:.3g}" for k, v in c["config"].items())
+        runs = ", ".join(f"seed {r['seed']}: {r['best']:.4f}" for r in c["runs"]) or "failed"
+        mean = f"{c['mean']:.4f} ± {c['std']:.4f}" if c["mean"] is not None else "n/a"
+        mark = " **chosen**" if i == confirmation["chosen"] else ""
+        rows.append(f"| {i + 1}{mark} | {params} | {c['sweep_best']:.4f} | {runs} | {mean} |")
+    return (
+        "## Confirmation\nThe top configurations retrained to the full budget with new seeds; "
+        "the best mean validation score wins.\n\n"
+        "| rank | hyperparameters | sweep best | confirmation runs | mean ± std |\n"
+        "|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )

@@ -16,6 +16,8 @@ def format_params(config: dict) -> str:
         ("lora_r", "r"),
         ("lora_alpha", "alpha"),
         ("lora_dropout", "dropout"),
+        ("candidate", "candidate"),  # confirmation runs: an index into the top-k
+        ("seed", "seed"),
     ):
         if key in config:
             v = config[key]

@@ -36,7 +36,14 @@ from tune.config import SweepConfig
 from tune.errors import UserError
 from tune.progress import SweepProgress
 
-__all__ = ["PreparedSweep", "prepare_sweep", "results_dir", "run_sweep"]
+__all__ = [
+    "PreparedSweep",
+    "prepare_sweep",
+    "results_dir",
+    "run_sweep",
+    "start_ray",
+    "trial_settings",
+]
 
 _PACKAGES = ("medtune", "torch", "transformers", "peft", "ray", "optuna", "accelerate")
 
@@ -116,7 +123,7 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
     if overwrite and out.exists():
         shutil.rmtree(out)
     _write_inputs(prep, out)
-    _start_ray(cfg)
+    start_ray(cfg)
     tuner = _build_tuner(prep, out, console)
     console.print(
         f"Sweep [bold]{cfg.run.name}[/]: {cfg.search.num_samples} trials of {cfg.model.name} on "
@@ -154,7 +161,18 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _start_ray(cfg: SweepConfig) -> None:
+def trial_settings(cfg: SweepConfig, model_path: str, pad_token_id: int) -> TrialSettings:
+    """What every trial of this sweep (and its confirmation runs) shares."""
+    return TrialSettings(
+        model_path=model_path,
+        model=cfg.model,
+        train=cfg.train,
+        pad_token_id=pad_token_id,
+        cpus=cfg.resources.cpus_per_trial,
+    )
+
+
+def start_ray(cfg: SweepConfig) -> None:
     if ray.is_initialized():
         return
     # Trial stdout would drown the progress lines; Tune keeps each trial's log and error.
@@ -169,13 +187,7 @@ def _start_ray(cfg: SweepConfig) -> None:
 def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.Tuner:
     cfg = prep.cfg
     metric, mode = cfg.search.metric, "min"
-    settings = TrialSettings(
-        model_path=prep.model_path,
-        model=cfg.model,
-        train=cfg.train,
-        pad_token_id=prep.pad_token_id,
-        cpus=cfg.resources.cpus_per_trial,
-    )
+    settings = trial_settings(cfg, prep.model_path, prep.pad_token_id)
     limit = cfg.train.eval_max_examples
     data = {"train": prep.encoded["train"], "validation": prep.encoded["validation"][:limit]}
     # with_parameters puts settings and data in the object store once for all trials.
@@ -242,6 +254,9 @@ def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
                 "evaluations": int(len(df)) if has else 0,
                 "last_step": int(df["step"].iloc[-1]) if has else 0,
                 f"best_{metric}": float(df[metric].min()) if has else None,
+                "seconds": float(result.metrics.get("time_total_s", 0.0))
+                if result.metrics
+                else 0.0,
                 "path": result.path,
             }
         )
@@ -257,5 +272,6 @@ def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
             t["status"] == "completed" and t["last_step"] < cfg.train.max_steps for t in trials
         ),
         "steps_trained": sum(t["last_step"] for t in trials),
+        "trial_seconds": sum(t["seconds"] for t in trials),
         "best": best,
     }

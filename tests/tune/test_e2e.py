@@ -3,8 +3,6 @@
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,33 +10,7 @@ import pytest
 import torch
 import yaml
 
-MEDTUNE = str(Path(sys.executable).parent / "medtune")
-MAX_STEPS, SAMPLES = 20, 4
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory, model_cache):
-    root = tmp_path_factory.mktemp("e2e")
-    args = [
-        "sweep",
-        "model.name=tiny-random",
-        "data.max_records=120",
-        f"search.num_samples={SAMPLES}",
-        "scheduler.name=asha",
-        f"train.max_steps={MAX_STEPS}",
-        "train.eval_every=5",
-        "train.per_device_batch_size=4",
-        "export.generate_samples=6",
-        "export.max_new_tokens=16",
-        "run.name=e2e",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [MEDTUNE, *args], cwd=root, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return root / "results" / "e2e", proc.stdout
-
+from tests.tune.conftest import MAX_STEPS, SAMPLES
 
 pytestmark = pytest.mark.slow
 
@@ -93,17 +65,43 @@ def test_every_evaluation_reports_the_documented_metrics(sweep):
         assert (df["tokens_per_second"] > 0).all()
 
 
-def test_export_picks_the_best_evaluation_not_the_last(sweep):
+def _evaluations(folder: Path, pattern: str) -> pd.DataFrame:
+    frames = (pd.read_csv(p) for p in folder.glob(f"{pattern}/progress.csv"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_best_checkpoint_is_the_best_evaluation_not_the_last(sweep):
+    from tune.export import best_checkpoint
+
     out, _ = sweep
-    metrics = json.loads((out / "export" / "metrics.json").read_text())
-    every = pd.concat((pd.read_csv(p) for p in out.glob("trial_*/progress.csv")), ignore_index=True)
+    every = _evaluations(out, "trial_*")
     best_row = every.loc[every["eval_loss"].idxmin()]
-    chosen = metrics["best_trial"]
-    assert chosen["eval_loss"] == pytest.approx(best_row["eval_loss"])
-    assert chosen["trial_id"] == best_row["trial_id"]
-    assert chosen["step"] == best_row["step"]
-    state = json.loads((out / chosen["checkpoint"] / "trainer_state.json").read_text())
-    assert state["global_step"] == chosen["step"]
+    checkpoint, metrics = best_checkpoint(out, "eval_loss")
+    assert metrics["eval_loss"] == pytest.approx(best_row["eval_loss"])
+    assert (metrics["trial_id"], metrics["step"]) == (best_row["trial_id"], best_row["step"])
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["global_step"] == metrics["step"]
+
+
+def test_confirmation_retrains_the_top_2_with_2_new_seeds(sweep):
+    out, stdout = sweep
+    summary = json.loads((out / "confirm_summary.json").read_text())
+    sweep_best = _evaluations(out, "trial_*").groupby("trial_id")["eval_loss"].min()
+    candidates = summary["candidates"]
+    assert len(candidates) == 2
+    assert [c["sweep_best"] for c in candidates] == pytest.approx(sorted(sweep_best)[:2])
+    for c in candidates:
+        assert sorted(r["seed"] for r in c["runs"]) == [1, 2]
+        assert c["mean"] == pytest.approx(sum(r["best"] for r in c["runs"]) / 2)
+    confirm_runs = _evaluations(out / "confirm", "confirm_*")
+    assert confirm_runs.groupby("trial_id")["step"].max().eq(MAX_STEPS).all()  # full budget
+    chosen = candidates[summary["chosen"]]
+    assert chosen["mean"] == min(c["mean"] for c in candidates)
+    metrics = json.loads((out / "export" / "metrics.json").read_text())
+    best = metrics["best_trial"]
+    assert best["eval_loss"] == min(r["best"] for r in chosen["runs"])
+    assert best["config"] == {**chosen["config"], "seed": summary["best_run"]["seed"]}
+    assert "Confirming the top 2 configurations" in stdout
 
 
 def test_export_metrics_are_finite_and_in_range(sweep):

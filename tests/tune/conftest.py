@@ -1,0 +1,38 @@
+"""One real tiny sweep for the tests of sweep, export, generate and serve to share."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MEDTUNE = str(Path(sys.executable).parent / "medtune")
+MAX_STEPS, SAMPLES = 20, 4
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory, model_cache):
+    """`medtune sweep` on tiny-random with ASHA, confirmation (top-2 x 2 seeds) and export."""
+    root = tmp_path_factory.mktemp("e2e")
+    args = [
+        "sweep",
+        "model.name=tiny-random",
+        "data.max_records=120",
+        f"search.num_samples={SAMPLES}",
+        "scheduler.name=asha",
+        f"train.max_steps={MAX_STEPS}",
+        "train.eval_every=5",
+        "train.per_device_batch_size=4",
+        "export.confirm_top_k=2",
+        "export.confirm_seeds=2",
+        "export.generate_samples=6",
+        "export.max_new_tokens=16",
+        "run.name=e2e",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [MEDTUNE, *args], cwd=root, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "results" / "e2e", proc.stdout

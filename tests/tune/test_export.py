@@ -1,0 +1,92 @@
+"""Export artifacts, atomicity, and running the exported model with `medtune generate`."""
+
+import hashlib
+import os
+import subprocess
+
+import pytest
+from rich.console import Console
+
+from tests.tune.conftest import MEDTUNE
+from tune.errors import UserError
+
+pytestmark = pytest.mark.slow
+
+
+def _tree(folder):
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_manifest_lists_every_file_with_its_sha256(sweep):
+    out, _ = sweep
+    export = out / "export"
+    lines = (export / "checksums.sha256").read_text().splitlines()
+    listed = dict(reversed(line.split("  ", 1)) for line in lines)
+    files = _tree(export)
+    files.pop("checksums.sha256")
+    assert listed == files
+
+
+def test_failed_export_leaves_the_destination_as_it_was(sweep, monkeypatch):
+    import tune.export as export_module
+
+    out, _ = sweep
+    before = _tree(out / "export")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full (simulated)")
+
+    monkeypatch.setattr(export_module, "write_model_card", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_module.export_best(out, Console(quiet=True))
+    assert _tree(out / "export") == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".export")]
+
+
+def test_export_to_a_file_is_refused(sweep, tmp_path):
+    from tune.export import export_best
+
+    out, _ = sweep
+    target = tmp_path / "a-file"
+    target.write_text("not a folder")
+    with pytest.raises(UserError, match=r"export destination .*a-file is a file"):
+        export_best(out, Console(quiet=True), out=target)
+    assert target.read_text() == "not a folder"
+
+
+def _medtune(*args, stdin=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [MEDTUNE, *args], input=stdin, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_generate_answers_one_question(sweep):
+    out, _ = sweep
+    proc = _medtune("generate", str(out / "export"), "What is asthma?", "--max-new-tokens", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+
+
+def test_generate_reads_questions_until_an_empty_line(sweep):
+    out, _ = sweep
+    proc = _medtune(
+        "generate",
+        str(out / "export"),
+        "--max-new-tokens",
+        "4",
+        stdin="What is gout?\nWhat is acne?\n\nnot asked\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ask a question" in proc.stdout
+
+
+def test_generate_refuses_a_folder_that_is_no_export(sweep):
+    out, _ = sweep
+    proc = _medtune("generate", str(out), "What is asthma?")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("medtune: error: ") and "not a medtune export" in proc.stderr

@@ -1,0 +1,103 @@
+"""`medtune serve`: Ray Serve on 127.0.0.1 with an OpenAI-compatible chat endpoint."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.tune.conftest import MEDTUNE
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(url, body=None, raw=None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def server(sweep):
+    out, _ = sweep
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [MEDTUNE, "serve", str(out / "export"), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if _request(f"{base}/healthz")[0] == 200:
+                break
+        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"medtune serve exited: {proc.stdout.read()[-3000:]}")
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("medtune serve did not answer /healthz within 180 s")
+    yield base
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_healthz(server):
+    status, body = _request(f"{server}/healthz")
+    assert status == 200 and body["status"] == "ok"
+
+
+def test_chat_completion(server):
+    status, body = _request(
+        f"{server}/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "What is asthma?"}], "max_tokens": 8},
+    )
+    assert status == 200, body
+    assert body["object"] == "chat.completion"
+    message = body["choices"][0]["message"]
+    assert message["role"] == "assistant" and isinstance(message["content"], str)
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        ({"messages": []}, 422),
+        ({"prompt": "What is asthma?"}, 422),
+        ({"messages": [{"role": "doctor", "content": "hi"}]}, 422),
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 422),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, 400),
+    ],
+)
+def test_malformed_requests_get_a_4xx(server, payload, status):
+    got, body = _request(f"{server}/v1/chat/completions", payload)
+    assert got == status, body
+    assert "detail" in body
+
+
+def test_invalid_json_gets_a_4xx(server):
+    got, _ = _request(f"{server}/v1/chat/completions", raw=b"{not json")
+    assert 400 <= got < 500

@@ -1,0 +1,152 @@
+"""Confirm before test: retrain the sweep's top-k configurations with fresh seeds.
+
+A sweep's winner is the luckiest of many noisy runs. Before anything touches the test split,
+the k best configurations are trained again to the full step budget with `confirm_seeds` new
+seeds each, on the same Ray cluster, and the configuration with the best *mean* validation
+score wins. Its best checkpoint is what gets exported and tested, once.
+
+Results live in `results/<name>/confirm/` (a Tune experiment) and `confirm_summary.json`;
+a second `medtune export` reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from ray import tune as ray_tune
+from ray.tune import ExperimentAnalysis, ResultGrid
+from rich.console import Console
+
+from trainables.data import read_jsonl
+from trainables.models import load_tokenizer, prepare_model
+from trainables.prompts import encode_records
+from trainables.trainable import train_lora
+from tune.config import SweepConfig
+from tune.errors import UserError
+from tune.progress import SweepProgress
+from tune.sweep import start_ray, trial_settings
+
+__all__ = ["run_confirmation", "top_configs"]
+
+SUMMARY = "confirm_summary.json"
+
+
+def top_configs(results: Path, metric: str, k: int) -> list[dict]:
+    """The k distinct configurations with the best evaluation anywhere in their trial."""
+    grid = ResultGrid(ExperimentAnalysis(str(results), default_metric=metric, default_mode="min"))
+    scored = []
+    for result in grid:
+        df = result.metrics_dataframe
+        if df is not None and metric in df and df[metric].notna().any():
+            scored.append((float(df[metric].min()), result.config))
+    scored.sort(key=lambda s: s[0])
+    seen, out = set(), []
+    for score, config in scored:
+        key = json.dumps(config, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append({"config": config, "sweep_best": score})
+    if not out:
+        raise UserError(f"{results}: no trial reported {metric}; nothing to confirm")
+    return out[:k]
+
+
+def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
+    """Retrain the top-k with new seeds; return the summary with the chosen checkpoint."""
+    cached = results / SUMMARY
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    metric = cfg.search.metric
+    candidates = top_configs(results, metric, cfg.export.confirm_top_k)
+    seeds = [cfg.train.seed + i for i in range(1, cfg.export.confirm_seeds + 1)]
+    console.print(
+        f"Confirming the top {len(candidates)} configurations with seeds {seeds} "
+        f"({len(candidates) * len(seeds)} runs of {cfg.train.max_steps} steps)"
+    )
+    model_path = prepare_model(cfg.model)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    data = {
+        name: encode_records(
+            tokenizer,
+            read_jsonl(results / "data" / f"{name}.jsonl"),
+            cfg.data.max_length,
+            cfg.data.system_prompt,
+        )[0]
+        for name in ("train", "validation")
+    }
+    data["validation"] = data["validation"][: cfg.train.eval_max_examples]
+    start_ray(cfg)
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(
+            _confirm_trial,
+            candidates=[c["config"] for c in candidates],
+            settings=trial_settings(cfg, model_path, tokenizer.pad_token_id),
+            data=data,
+        ),
+        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
+    )
+    runs = len(candidates) * len(seeds)
+    tuner = ray_tune.Tuner(
+        trainable,
+        param_space={
+            "candidate": ray_tune.grid_search(list(range(len(candidates)))),
+            "seed": ray_tune.grid_search(seeds),
+        },
+        tune_config=ray_tune.TuneConfig(
+            metric=metric,
+            mode="min",
+            max_concurrent_trials=cfg.resources.max_concurrent_trials,
+            reuse_actors=cfg.run.reuse_actors,
+            trial_dirname_creator=lambda t: f"confirm_{t.trial_id}",
+        ),
+        run_config=ray_tune.RunConfig(
+            name="confirm",
+            storage_path=str(results),
+            checkpoint_config=ray_tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="min"
+            ),
+            failure_config=ray_tune.FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=[SweepProgress(console, metric, cfg.train.max_steps, runs)],
+            verbose=0,
+        ),
+    )
+    summary = _summarize(tuner.fit(), candidates, metric, results)
+    cached.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _confirm_trial(config: dict, *, candidates: list[dict], settings, data) -> None:
+    """A confirmation run: candidate `config["candidate"]`'s hyperparameters, a new seed."""
+    train_lora(
+        {**candidates[config["candidate"]], "seed": config["seed"]}, settings=settings, data=data
+    )
+
+
+def _summarize(grid: ResultGrid, candidates: list[dict], metric: str, results: Path) -> dict:
+    for c in candidates:
+        c["runs"] = []
+    for result in grid:
+        if result.error or not result.best_checkpoints:
+            continue
+        checkpoint, m = min(result.best_checkpoints, key=lambda cm: cm[1][metric])
+        candidates[result.config["candidate"]]["runs"].append(
+            {
+                "seed": result.config["seed"],
+                "best": m[metric],
+                "step": m["step"],
+                "trial_id": m["trial_id"],
+                "checkpoint": str(Path(checkpoint.path).relative_to(results)),
+            }
+        )
+    for c in candidates:
+        scores = [r["best"] for r in c["runs"]]
+        c["mean"] = statistics.fmean(scores) if scores else None
+        c["std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
+    ranked = [i for i, c in enumerate(candidates) if c["mean"] is not None]
+    if not ranked:
+        raise UserError(f"{results}: every confirmation run failed; see {results / 'confirm'}")
+    chosen = min(ranked, key=lambda i: candidates[i]["mean"])
+    best_run = min(candidates[chosen]["runs"], key=lambda r: r["best"])
+    return {"metric": metric, "candidates": candidates, "chosen": chosen, "best_run": best_run}

@@ -1,0 +1,71 @@
+"""`medtune generate MODEL_DIR ["question"]`: answer with an exported model.
+
+The question is prompted exactly as in training (the tokenizer's chat template or the plain
+template, with the training system prompt from `medtune_prompt.json`). Without a question
+it reads questions from the terminal until an empty line or end of input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from trainables.data import Record
+from trainables.evaluation import generate_answers
+from trainables.models import load_model, load_tokenizer
+from tune.errors import UserError
+from tune.export import PROMPT_FILE
+
+__all__ = ["ExportedModel", "run_generate"]
+
+
+class ExportedModel:
+    """A medtune export loaded for inference."""
+
+    def __init__(self, model_dir: Path):
+        model_dir = Path(model_dir)
+        meta = model_dir / PROMPT_FILE
+        if not (model_dir / "config.json").is_file() or not meta.is_file():
+            raise UserError(
+                f"{model_dir}: not a medtune export (needs config.json and {PROMPT_FILE}); "
+                "give the folder `medtune export` wrote, e.g. results/<name>/export"
+            )
+        self.name = model_dir.name
+        self.prompt = json.loads(meta.read_text())
+        self.tokenizer = load_tokenizer(str(model_dir))
+        self.model = load_model(str(model_dir)).eval()
+
+    def answer(self, question: str, *, system: str | None = None, max_new_tokens: int = 128) -> str:
+        record = Record(id="q", question=question, answer="", group="", source="user")
+        return generate_answers(
+            self.model,
+            self.tokenizer,
+            [record],
+            max_new_tokens=max_new_tokens,
+            system_prompt=system or self.prompt.get("system_prompt"),
+        )[0]
+
+
+def run_generate(args, console: Console) -> int:
+    model = ExportedModel(args.model_dir)
+    if args.question:
+        console.print(model.answer(args.question, max_new_tokens=args.max_new_tokens))
+        return 0
+    console.print(f"[bold]{model.name}[/]: ask a question (empty line or Ctrl-D to stop).")
+    console.print("[dim]Demo model output, not medical advice.[/]")
+    for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: _ask(console), ""):
+        question = line.strip()
+        if not question:
+            break
+        console.print(model.answer(question, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
+def _ask(console: Console) -> str:
+    try:
+        return console.input("[bold]question>[/] ")
+    except EOFError:
+        return ""

@@ -1,0 +1,111 @@
+"""`medtune serve MODEL_DIR [--port N]`: an exported model behind Ray Serve.
+
+OpenAI-compatible `POST /v1/chat/completions` and `GET /healthz`, bound to 127.0.0.1 unless
+`--host` says otherwise. Malformed requests get a 4xx with a JSON body saying what is wrong.
+
+    curl -s localhost:8000/v1/chat/completions -H 'content-type: application/json' \\
+      -d '{"messages": [{"role": "user", "content": "What is asthma?"}], "max_tokens": 64}'
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the request model from the
+# handler's real annotation; as a string under Serve's ingress wrapper it is taken for a query
+# parameter.
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from rich.console import Console
+
+__all__ = ["ChatRequest", "build_app", "run_serve"]
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(min_length=1, max_length=32_000)
+
+
+class ChatRequest(BaseModel):
+    """The subset of OpenAI's chat request that a local model can honour."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    max_tokens: int = Field(128, ge=1, le=1024)
+    temperature: float = Field(0.0, ge=0.0, le=0.0, description="Greedy decoding only.")
+
+
+api = FastAPI(title="medtune")
+
+
+@serve.deployment(name="medtune-chat", num_replicas=1)
+@serve.ingress(api)
+class ChatDeployment:
+    def __init__(self, model_dir: str):
+        from tune.generate import ExportedModel
+
+        self.model = ExportedModel(Path(model_dir))
+
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok", "model": self.model.name}
+
+    @api.post("/v1/chat/completions")
+    def chat(self, request: ChatRequest) -> dict:
+        last = request.messages[-1]
+        if last.role != "user":
+            raise HTTPException(400, "the last message must have role 'user'")
+        system = next((m.content for m in request.messages if m.role == "system"), None)
+        text = self.model.answer(last.content, system=system, max_new_tokens=request.max_tokens)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.model or self.model.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+
+
+def build_app(model_dir: Path):
+    return ChatDeployment.bind(str(model_dir))
+
+
+def run_serve(args, console: Console) -> int:
+    import ray
+
+    from tune.generate import ExportedModel
+
+    ExportedModel(args.model_dir)  # fail fast, with exit 2, before Ray starts
+    if args.host not in LOOPBACK:
+        console.print(
+            f"[bold red]Warning:[/] serving on {args.host}: Ray's endpoints have no "
+            "authentication (CVE-2023-48022, 'ShadowRay'); put an authenticating reverse proxy "
+            "in front. See docs/security.md."
+        )
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(build_app(args.model_dir), name="medtune", route_prefix="/")
+    console.print(f"Serving {args.model_dir} on http://{args.host}:{args.port} (Ctrl-C stops)")
+    # Stop cleanly on SIGINT and SIGTERM even when started in the background, where the
+    # shell leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
