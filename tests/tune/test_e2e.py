@@ -157,3 +157,5 @@ def test_model_card(sweep):
     assert meta["library_name"] == "transformers" and "lora" in meta["tags"]
     assert "Not medical advice" in card
     assert "| test_loss |" in card
+    assert "## Confirmation" in card and "**chosen**" in card
+    assert "trial-minutes of compute" in card
