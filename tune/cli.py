@@ -1,6 +1,7 @@
 """The `medtune` command.
 
     medtune sweep [--config FILE] [--overwrite] [--no-export] [key=value ...]
+    medtune sweep --resume results/<name>
     medtune data inspect [--config FILE] [--json] [key=value ...]
     medtune export results/<name>
     medtune generate results/<name>/export ["question"]
@@ -34,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--config", help="YAML config (default: the shipped default sweep)")
     sweep.add_argument("--overwrite", action="store_true", help="replace results/<run.name>")
     sweep.add_argument("--no-export", action="store_true", help="skip the export at the end")
+    sweep.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RESULTS",
+        help="finish an interrupted sweep, e.g. results/<name> (its saved config is used)",
+    )
     sweep.add_argument("--debug", action="store_true", help="show tracebacks")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.max_steps=100")
 
@@ -98,15 +105,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sweep(args, console: Console) -> int:
-    from tune.config import load_config
+    from tune.config import ConfigError, load_config
 
-    cfg = load_config(args.config, args.overrides)
+    if args.resume and (args.overrides or args.config or args.overwrite):
+        raise ConfigError(
+            [
+                "--resume: takes no --config, --overwrite or key=value; a resumed sweep keeps "
+                f"the config saved in {args.resume / 'medtune.yaml'}"
+            ]
+        )
+    cfg = None if args.resume else load_config(args.config, args.overrides)
     _quiet_libraries()
-    from tune.sweep import prepare_sweep, results_dir, run_sweep
+    from tune.sweep import prepare_sweep, results_dir, resume_sweep, run_sweep
 
-    prep = prepare_sweep(cfg, console, overwrite=args.overwrite)
-    summary = run_sweep(prep, console, overwrite=args.overwrite)
-    out = results_dir(prep.cfg)
+    if args.resume:
+        cfg, summary = resume_sweep(args.resume, console)
+    else:
+        prep = prepare_sweep(cfg, console, overwrite=args.overwrite)
+        cfg = prep.cfg
+        summary = run_sweep(prep, console, overwrite=args.overwrite)
+    out = args.resume.resolve() if args.resume else results_dir(cfg)
     best = summary["best"]
     if best is None:
         reasons = sorted({t["error"] or "no evaluation" for t in summary["trials"]})

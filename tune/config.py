@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from trainables.config import DataConfig, ModelConfig, Section, TrainConfig
 
-__all__ = ["ConfigError", "SweepConfig", "default_config_path", "load_config"]
+__all__ = ["ConfigError", "SweepConfig", "default_config_path", "load_config", "load_saved_config"]
 
 
 class ConfigError(ValueError):
@@ -154,6 +154,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Sw
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def load_saved_config(results: Path) -> SweepConfig:
+    """The resolved config a sweep wrote into its results folder (`medtune.yaml`)."""
+    path = Path(results) / "medtune.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            [
+                f"{results}: not a medtune results folder (no medtune.yaml); give the folder "
+                "`medtune sweep` printed, e.g. results/<name>"
+            ]
+        )
+    try:
+        return SweepConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (ValidationError, yaml.YAMLError) as e:
+        detail = str(e).replace("\n", " ")
+        raise ConfigError([f"{path}: unreadable sweep config ({detail})"]) from None
 
 
 def _read_yaml(path: Path) -> dict:

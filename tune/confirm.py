@@ -19,14 +19,11 @@ from ray import tune as ray_tune
 from ray.tune import ExperimentAnalysis, ResultGrid
 from rich.console import Console
 
-from trainables.data import read_jsonl
-from trainables.models import load_tokenizer, prepare_model
-from trainables.prompts import encode_records
 from trainables.trainable import train_lora
 from tune.config import SweepConfig
 from tune.errors import UserError
 from tune.progress import SweepProgress
-from tune.sweep import start_ray, trial_settings
+from tune.sweep import saved_training_data, start_ray, trial_settings
 
 __all__ = ["run_confirmation", "top_configs"]
 
@@ -65,24 +62,13 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
         f"Confirming the top {len(candidates)} configurations with seeds {seeds} "
         f"({len(candidates) * len(seeds)} runs of {cfg.train.max_steps} steps)"
     )
-    model_path = prepare_model(cfg.model)
-    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    data = {
-        name: encode_records(
-            tokenizer,
-            read_jsonl(results / "data" / f"{name}.jsonl"),
-            cfg.data.max_length,
-            cfg.data.system_prompt,
-        )[0]
-        for name in ("train", "validation")
-    }
-    data["validation"] = data["validation"][: cfg.train.eval_max_examples]
+    model_path, pad_id, data = saved_training_data(results, cfg)
     start_ray(cfg)
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(
             _confirm_trial,
             candidates=[c["config"] for c in candidates],
-            settings=trial_settings(cfg, model_path, tokenizer.pad_token_id),
+            settings=trial_settings(cfg, model_path, pad_id),
             data=data,
         ),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},

@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 from peft import PeftModel
 from ray.tune import ExperimentAnalysis, ResultGrid
 from rich.console import Console
@@ -28,30 +27,16 @@ from trainables.data import read_jsonl
 from trainables.evaluation import answer_loss, generate_answers, perplexity, rouge
 from trainables.models import load_model, load_tokenizer, prepare_model
 from trainables.prompts import encode_records
-from tune.config import ConfigError, SweepConfig
+from tune.config import SweepConfig, load_saved_config
 from tune.confirm import run_confirmation
 from tune.errors import UserError
 from tune.model_card import write_model_card
 
-__all__ = ["MANIFEST", "PROMPT_FILE", "best_checkpoint", "export_best", "load_sweep_config"]
+__all__ = ["MANIFEST", "PROMPT_FILE", "best_checkpoint", "export_best"]
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 PROMPT_FILE = "medtune_prompt.json"
 MANIFEST = "checksums.sha256"
-
-
-def load_sweep_config(results: Path) -> SweepConfig:
-    """The resolved config a sweep wrote into its results folder."""
-    path = results / "medtune.yaml"
-    if not path.is_file():
-        raise UserError(
-            f"{results}: not a medtune results folder (no medtune.yaml); give the folder "
-            "`medtune sweep` printed, e.g. results/<name>"
-        )
-    try:
-        return SweepConfig.model_validate(yaml.safe_load(path.read_text()))
-    except Exception as e:
-        raise ConfigError([f"{path}: unreadable sweep config ({e})"]) from None
 
 
 def best_checkpoint(results: Path, metric: str) -> tuple[Path, dict]:
@@ -74,7 +59,7 @@ def best_checkpoint(results: Path, metric: str) -> tuple[Path, dict]:
 def export_best(results: Path, console: Console, *, out: Path | None = None) -> dict:
     """Score base and best model on the test split; write the export. Returns metrics."""
     results = results.resolve()
-    cfg = load_sweep_config(results)
+    cfg = load_saved_config(results)
     out = (out or results / "export").resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"export destination {out} is a file; remove it or choose another")

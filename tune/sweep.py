@@ -25,14 +25,23 @@ from ray import tune as ray_tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
+from rich.markup import escape
 
 from search_spaces import SearchSpace, load_space
-from trainables.data import DataError, Record, fingerprint, split_records, write_jsonl
+from trainables.data import (
+    DataError,
+    Record,
+    fingerprint,
+    read_jsonl,
+    shared_between,
+    split_records,
+    write_jsonl,
+)
 from trainables.data import load_records as read_records
 from trainables.models import load_tokenizer, prepare_model
 from trainables.prompts import encode_records
 from trainables.trainable import TrialSettings, train_lora
-from tune.config import SweepConfig
+from tune.config import SweepConfig, load_saved_config
 from tune.errors import UserError
 from tune.progress import SweepProgress
 
@@ -40,7 +49,9 @@ __all__ = [
     "PreparedSweep",
     "prepare_sweep",
     "results_dir",
+    "resume_sweep",
     "run_sweep",
+    "saved_training_data",
     "start_ray",
     "trial_settings",
 ]
@@ -82,6 +93,7 @@ def prepare_sweep(cfg: SweepConfig, console: Console, *, overwrite: bool = False
         test_fraction=cfg.data.test_fraction,
         seed=cfg.data.seed,
     )
+    _check_leakage(splits, cfg, console)
     with console.status(f"Preparing model {cfg.model.name} (converted once, then cached)"):
         model_path = prepare_model(cfg.model)
         tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
@@ -114,6 +126,31 @@ def prepare_sweep(cfg: SweepConfig, console: Console, *, overwrite: bool = False
         },
     }
     return PreparedSweep(cfg, space, model_path, tokenizer.pad_token_id, splits, encoded, summary)
+
+
+def _check_leakage(splits: dict[str, list[Record]], cfg: SweepConfig, console: Console) -> None:
+    """Refuse a test split sharing a group or an exact question with train (unless allowed).
+
+    `split_records` never does this by itself; a split the source fixes can (PubMedQA's
+    official test set next to a fold that reuses one of its questions, say).
+    """
+    groups, questions = shared_between(splits["test"], splits["train"])
+    if not groups and not questions:
+        return
+    example = sorted(groups)[0] if groups else sorted(questions)[0]
+    what = (
+        f"the test split shares {len(groups)} group(s) and {len(questions)} normalized "
+        f"question(s) with train (e.g. {example!r})"
+    )
+    if not cfg.data.allow_leakage:
+        raise DataError(
+            f"data: {what}, so test scores would overstate the model; fix the source's split "
+            "or groups (medtune data inspect shows them), or pass data.allow_leakage=true"
+        )
+    console.print(
+        f"[bold red]WARNING: data leakage[/]: {escape(what)}; test metrics will overstate the "
+        "model (data.allow_leakage=true)"
+    )
 
 
 def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False) -> dict:
@@ -172,6 +209,53 @@ def trial_settings(cfg: SweepConfig, model_path: str, pad_token_id: int) -> Tria
     )
 
 
+def _trainable(cfg: SweepConfig, settings: TrialSettings, data: dict):
+    # with_parameters puts settings and data in the object store once for all trials.
+    return ray_tune.with_resources(
+        ray_tune.with_parameters(train_lora, settings=settings, data=data),
+        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
+    )
+
+
+def saved_training_data(results: Path, cfg: SweepConfig) -> tuple[str, int, dict]:
+    """Model path, pad id and tokenized train/validation from the splits a sweep wrote."""
+    model_path = prepare_model(cfg.model)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    data = {
+        name: encode_records(
+            tokenizer,
+            read_jsonl(results / "data" / f"{name}.jsonl"),
+            cfg.data.max_length,
+            cfg.data.system_prompt,
+        )[0]
+        for name in ("train", "validation")
+    }
+    data["validation"] = data["validation"][: cfg.train.eval_max_examples]
+    return model_path, tokenizer.pad_token_id, data
+
+
+def resume_sweep(results: Path, console: Console) -> tuple[SweepConfig, dict]:
+    """Finish an interrupted sweep: unfinished and errored trials go on from their checkpoints,
+    finished ones are not run again, and the searcher continues from its saved state."""
+    results = results.resolve()
+    cfg = load_saved_config(results)
+    if not ray_tune.Tuner.can_restore(str(results)):
+        raise UserError(
+            f"--resume {results}: no Ray Tune experiment state in it (the sweep never started); "
+            "start it again with `medtune sweep --overwrite run.name=...`"
+        )
+    model_path, pad_id, data = saved_training_data(results, cfg)
+    start_ray(cfg)
+    trainable = _trainable(cfg, trial_settings(cfg, model_path, pad_id), data)
+    tuner = ray_tune.Tuner.restore(
+        str(results), trainable=trainable, resume_unfinished=True, resume_errored=True
+    )
+    console.print(f"Resuming sweep [bold]{cfg.run.name}[/] from {results}")
+    summary = _summarize(tuner.fit(), cfg)
+    (results / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
+    return cfg, summary
+
+
 def start_ray(cfg: SweepConfig) -> None:
     if ray.is_initialized():
         return
@@ -190,11 +274,7 @@ def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.T
     settings = trial_settings(cfg, prep.model_path, prep.pad_token_id)
     limit = cfg.train.eval_max_examples
     data = {"train": prep.encoded["train"], "validation": prep.encoded["validation"][:limit]}
-    # with_parameters puts settings and data in the object store once for all trials.
-    trainable = ray_tune.with_resources(
-        ray_tune.with_parameters(train_lora, settings=settings, data=data),
-        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
-    )
+    trainable = _trainable(cfg, settings, data)
     searcher = OptunaSearch(
         space=prep.space.to_optuna(),
         metric=metric,
@@ -257,6 +337,7 @@ def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
                 "seconds": float(result.metrics.get("time_total_s", 0.0))
                 if result.metrics
                 else 0.0,
+                "node": result.metrics.get("node_ip") if result.metrics else None,
                 "path": result.path,
             }
         )
