@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import ray
 import ray.tune
 import torch
 from peft import LoraConfig, get_peft_model
@@ -162,6 +163,8 @@ class _ReportToTune(TrainerCallback):
             "train_loss": self.train_loss,
             "step": state.global_step,
             "tokens_per_second": tokens / elapsed if elapsed > 0 else 0.0,
+            # Ray's node id, not its IP: nodes on one machine share an address.
+            "node_id": ray.get_runtime_context().get_node_id(),
         }
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))

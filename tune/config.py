@@ -64,6 +64,11 @@ class ResourcesConfig(Section):
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="Cap on trials at once; empty lets the resources decide."
     )
+    custom: dict[str, float] = Field(
+        {},
+        description="Custom Ray resources per trial, e.g. {trainer: 1} to pin trials to "
+        "nodes started with --resources='{\"trainer\": 4}'.",
+    )
 
 
 class RunConfig(Section):

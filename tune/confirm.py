@@ -23,7 +23,7 @@ from trainables.trainable import train_lora
 from tune.config import SweepConfig
 from tune.errors import UserError
 from tune.progress import SweepProgress
-from tune.sweep import saved_training_data, start_ray, trial_settings
+from tune.sweep import saved_training_data, start_ray, trial_resources, trial_settings
 
 __all__ = ["run_confirmation", "top_configs"]
 
@@ -71,7 +71,7 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
             settings=trial_settings(cfg, model_path, pad_id),
             data=data,
         ),
-        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
+        trial_resources(cfg),
     )
     runs = len(candidates) * len(seeds)
     tuner = ray_tune.Tuner(

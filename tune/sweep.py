@@ -213,8 +213,13 @@ def _trainable(cfg: SweepConfig, settings: TrialSettings, data: dict):
     # with_parameters puts settings and data in the object store once for all trials.
     return ray_tune.with_resources(
         ray_tune.with_parameters(train_lora, settings=settings, data=data),
-        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
+        trial_resources(cfg),
     )
+
+
+def trial_resources(cfg: SweepConfig) -> dict[str, float]:
+    r = cfg.resources
+    return {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial, **r.custom}
 
 
 def saved_training_data(results: Path, cfg: SweepConfig) -> tuple[str, int, dict]:
@@ -337,7 +342,8 @@ def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
                 "seconds": float(result.metrics.get("time_total_s", 0.0))
                 if result.metrics
                 else 0.0,
-                "node": result.metrics.get("node_ip") if result.metrics else None,
+                "node_id": result.metrics.get("node_id") if result.metrics else None,
+                "node_ip": result.metrics.get("node_ip") if result.metrics else None,
                 "path": result.path,
             }
         )
