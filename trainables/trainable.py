@@ -58,6 +58,10 @@ def train_lora(config: dict, *, settings: TrialSettings, data: dict[str, list[di
     # confirmation runs pass their own `seed`.
     set_seed(int(config.get("seed", train.seed)))
     model = _lora_model(config, settings)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    log.warning(
+        "medtune trial: training on %s with %d torch threads", device, torch.get_num_threads()
+    )
     work = Path(tempfile.mkdtemp(prefix="medtune-trial-"))
     try:
         resume = _restore_checkpoint(work)
@@ -113,6 +117,7 @@ def _training_args(config: dict, train: TrainConfig, work: Path) -> TrainingArgu
         seed=int(config.get("seed", train.seed)),
         use_cpu=not cuda,
         bf16=cuda and torch.cuda.is_bf16_supported(),
+        fp16=cuda and not torch.cuda.is_bf16_supported(),
         dataloader_pin_memory=cuda,
         remove_unused_columns=False,
     )

@@ -96,6 +96,9 @@ class RayConfig(Section):
     address: str | None = Field(
         None, description="Empty: start Ray on this machine; 'auto' or ray://host:10001 joins."
     )
+    dashboard: bool = Field(
+        True, description="Start Ray's dashboard (on 127.0.0.1) with the embedded Ray."
+    )
 
 
 class ExportConfig(Section):

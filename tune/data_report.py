@@ -36,9 +36,9 @@ from tune.config import SweepConfig, load_config
 
 __all__ = ["NEAR_DUPLICATE", "inspect_data", "near_duplicates", "run_inspect"]
 
-# Token 3-gram Jaccard at which two questions count as near-duplicates: templated questions
-# about different conditions ("What are the symptoms of X?") score 0.3-0.5, rewordings of one
-# question 0.8 and more.
+# Token 3-gram Jaccard at which two questions count as near-duplicates: a reworded question
+# scores 0.8 and more, short templated questions about different conditions ("What are the
+# symptoms of X?") 0.3-0.5. Long templates differing in one word also pass, hence the examples.
 NEAR_DUPLICATE = 0.8
 NGRAM = 3
 _PAIRS = (("test", "train"), ("validation", "train"), ("test", "validation"))
@@ -126,12 +126,15 @@ def _split_stats(tokenizer, records: list[Record], data: DataConfig) -> dict:
         lengths.append(prompt + answer)
         if prompt + answer <= data.max_length:
             continue
-        if r.context:  # the context is shortened first: only the real encoding can tell
+        # encode_record's rule: the prompt must leave room for some of the answer.
+        room = data.max_length - min(MIN_ANSWER_TOKENS, answer)
+        if prompt > room and r.context:
+            # The context is shortened first; only the real encoding tells what remains.
             example, cut = encode_record(tokenizer, r, data.max_length, data.system_prompt)
             dropped = example is None
             context_cut += not dropped
-        else:  # encode_record's rule: the prompt must leave room for some of the answer
-            dropped = prompt > data.max_length - min(MIN_ANSWER_TOKENS, answer)
+        else:
+            dropped = prompt > room
             cut = not dropped
         too_long += dropped
         truncated += cut

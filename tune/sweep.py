@@ -160,7 +160,7 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
     if overwrite and out.exists():
         shutil.rmtree(out)
     _write_inputs(prep, out)
-    start_ray(cfg)
+    start_ray(cfg, console)
     tuner = _build_tuner(prep, out, console)
     console.print(
         f"Sweep [bold]{cfg.run.name}[/]: {cfg.search.num_samples} trials of {cfg.model.name} on "
@@ -250,7 +250,7 @@ def resume_sweep(results: Path, console: Console) -> tuple[SweepConfig, dict]:
             "start it again with `medtune sweep --overwrite run.name=...`"
         )
     model_path, pad_id, data = saved_training_data(results, cfg)
-    start_ray(cfg)
+    start_ray(cfg, console)
     trainable = _trainable(cfg, trial_settings(cfg, model_path, pad_id), data)
     tuner = ray_tune.Tuner.restore(
         str(results), trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -261,16 +261,21 @@ def resume_sweep(results: Path, console: Console) -> tuple[SweepConfig, dict]:
     return cfg, summary
 
 
-def start_ray(cfg: SweepConfig) -> None:
+def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:
+    """Join `ray.address`, or start Ray here with its dashboard bound to 127.0.0.1."""
     if ray.is_initialized():
         return
+    # Starting Ray takes dashboard settings; joining a cluster refuses them.
+    local = {"include_dashboard": cfg.ray.dashboard, "dashboard_host": "127.0.0.1"}
     # Trial stdout would drown the progress lines; Tune keeps each trial's log and error.
-    ray.init(
+    context = ray.init(
         address=cfg.ray.address or None,
-        include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.ERROR,
+        **({} if cfg.ray.address else local),
     )
+    if console is not None and context.dashboard_url:
+        console.print(f"Ray dashboard: http://{context.dashboard_url}")
 
 
 def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.Tuner:

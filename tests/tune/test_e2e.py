@@ -48,6 +48,7 @@ def test_asha_sweep_invariants(sweep):
         assert 1e-5 <= t["config"]["learning_rate"] <= 1e-3
         assert t["config"]["lora_r"] in (4, 8, 16, 32)
     assert "Sweep done" in stdout and "Exported to" in stdout
+    assert "Ray dashboard: http://127.0.0.1:" in stdout
 
 
 def test_every_evaluation_reports_the_documented_metrics(sweep):
