@@ -120,11 +120,39 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def load_model(
-    path: str, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+    path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    quantization: str = "none",
 ) -> PreTrainedModel:
+    """Load weights from safetensors only; `quantization="4bit"` gives a QLoRA-ready base."""
+    if quantization == "4bit":
+        return _load_4bit(path, trust_remote_code)
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
     )
+
+
+def _load_4bit(path: str, trust_remote_code: bool) -> PreTrainedModel:
+    # QLoRA (Dettmers et al., 2023): NF4 storage, double quantization, bf16 compute where the
+    # GPU has it. Only reachable with CUDA: the sweep's config check refuses it otherwise.
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        ),
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+    )
+    return prepare_model_for_kbit_training(model)
 
 
 def lora_target_modules(

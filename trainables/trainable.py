@@ -78,7 +78,11 @@ def train_lora(config: dict, *, settings: TrialSettings, data: dict[str, list[di
 
 
 def _lora_model(config: dict, settings: TrialSettings):
-    model = load_model(settings.model_path, trust_remote_code=settings.model.trust_remote_code)
+    model = load_model(
+        settings.model_path,
+        trust_remote_code=settings.model.trust_remote_code,
+        quantization=settings.model.quantization,
+    )
     targets, fan_in_fan_out = lora_target_modules(model, settings.model.lora_target_modules)
     r = int(config["lora_r"])
     lora = LoraConfig(

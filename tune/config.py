@@ -243,6 +243,23 @@ def _section_model(loc: tuple):
     return model
 
 
+def _check_4bit(cfg: SweepConfig) -> list[str]:
+    """QLoRA's 4-bit kernels (bitsandbytes) run on CUDA only: refuse before Ray starts."""
+    import torch
+
+    if cfg.resources.gpus_per_trial <= 0:
+        return [
+            "model.quantization: got '4bit', but resources.gpus_per_trial=0; 4-bit QLoRA runs "
+            "on CUDA GPUs only: set resources.gpus_per_trial (e.g. 1) or model.quantization=none"
+        ]
+    if not cfg.ray.address and not torch.cuda.is_available():
+        return [
+            "model.quantization: got '4bit', but this machine has no CUDA GPU and ray.address is "
+            "empty (trials would run here); use model.quantization=none or join a GPU cluster"
+        ]
+    return []
+
+
 def _cross_checks(cfg: SweepConfig) -> list[str]:
     problems = []
     t, s = cfg.train, cfg.scheduler
@@ -257,6 +274,8 @@ def _cross_checks(cfg: SweepConfig) -> list[str]:
             f"{cfg.evaluations} (train.max_steps / train.eval_every); lower it or raise "
             "train.max_steps"
         )
+    if cfg.model.quantization == "4bit":
+        problems.extend(_check_4bit(cfg))
     if cfg.data.source != "demo" and not cfg.data.path:
         problems.append(
             f"data.path: empty, but data.source={cfg.data.source} reads from a path; "

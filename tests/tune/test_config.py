@@ -73,11 +73,22 @@ def test_every_problem_is_reported_at_once():
         (["search.num_samples=0"], r"search.num_samples: got 0; input should be greater than or"),
         (["data.max_length=8"], r"data.max_length: got 8"),
         (["scheduler.reduction_factor=1"], r"scheduler.reduction_factor: got 1"),
+        (["model.quantization=4bit"], r"model.quantization: got '4bit', but resources.gpus_per"),
+        (["model.quantization=8bit"], r"model.quantization: got '8bit'; input should be"),
     ],
 )
 def test_bad_values_name_key_value_and_rule(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_4bit_without_cuda_is_refused_before_ray_starts():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal is for machines without it")
+    with pytest.raises(ConfigError, match=r"this machine has no CUDA GPU and ray.address is empty"):
+        load_config(None, ["model.quantization=4bit", "resources.gpus_per_trial=1"])
 
 
 def test_bad_yaml_files(tmp_path):
