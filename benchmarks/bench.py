@@ -80,7 +80,7 @@ def medtune_trial(model_path: str, examples: list[dict], batch: int, threads: in
     from trainables.trainable import TrialSettings, train_lora
 
     steps = len(examples) // batch
-    eval_every = steps // 3
+    eval_every = max(1, steps // 3)
     settings = TrialSettings(
         model_path=model_path,
         model=ModelConfig(name=model_path),
@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=9)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON")
     args = parser.parse_args()
 
     from trainables.config import ModelConfig
@@ -159,7 +160,8 @@ def main() -> None:
         "trial_vs_ceiling": trial / ceiling,
     }
     name = f"{datetime.now():%Y%m%d-%H%M%S}-{args.model}.json"
-    (HERE / "results" / name).write_text(json.dumps(out, indent=2))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / name).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
 
