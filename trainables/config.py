@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class Section(BaseModel):
@@ -36,22 +36,94 @@ class ModelConfig(Section):
         description="Where converted and built models are cached; default "
         "$MEDTUNE_CACHE or ~/.cache/medtune.",
     )
+    quantization: Literal["none", "4bit"] = Field(
+        "none",
+        description="4bit: load the frozen base in 4-bit NF4 for QLoRA (bitsandbytes, CUDA "
+        "only; `pip install bitsandbytes`). Export merges into the full-precision base.",
+    )
+
+
+# Which sources read a source-specific key: setting one for another source is a mistake
+# (a typo in data.source, or a key that would silently do nothing).
+_SOURCE_KEYS = {
+    "task": ("pubmedqa",),
+    "test_ids": ("pubmedqa",),
+    "fold": ("pubmedqa",),
+    "drop_non_patient_info": ("instruction",),
+    "question_field": ("table", "disk"),
+    "answer_field": ("table", "disk"),
+    "context_field": ("table", "disk"),
+    "group_field": ("table", "disk"),
+}
 
 
 class DataConfig(Section):
-    source: Literal["demo", "medquad", "instruction"] = Field(
+    """Where the question/answer records come from and how they are split; docs/data.md."""
+
+    source: Literal["demo", "medquad", "pubmedqa", "instruction", "table", "disk"] = Field(
         "demo",
-        description="demo: built-in demo pairs; medquad: the MedQuAD XML tree; "
-        "instruction: {instruction, input, output} as a JSON list or JSON Lines.",
+        description="demo: built-in demo pairs; medquad: the MedQuAD XML tree (folder or "
+        ".tar.gz) or a hub copy's CSV (qtype, Question, Answer); pubmedqa: PQA-L's "
+        "ori_pqal.json or its Hugging Face export (JSON, JSON Lines, Parquet); instruction: "
+        "{instruction, input, output} as a JSON list or JSON Lines; table: any CSV, JSON, "
+        "JSON Lines or Parquet with the columns named by data.*_field; disk: a folder written "
+        "by datasets' save_to_disk, read like a table.",
     )
     path: str | None = Field(
-        None, description="Folder (medquad) or file (instruction); unused for demo."
+        None,
+        description="The file or folder to read; unused for demo. 'hub:<org>/<name>' (or "
+        "'hub:<org>/<name>/<subset>') loads a Hugging Face dataset, needing the hub or its cache.",
+    )
+    task: Literal["long_answer", "decision"] = Field(
+        "long_answer",
+        description="pubmedqa: long_answer (question + abstract -> the abstract's conclusion) "
+        "or decision (question + abstract -> yes / no / maybe).",
+    )
+    test_ids: str | None = Field(
+        None,
+        description="pubmedqa: the official test PMIDs, as test_ground_truth.json or one PMID a "
+        "line; empty looks for test_ground_truth.json next to data.path.",
+    )
+    fold: int | None = Field(
+        None,
+        ge=0,
+        le=9,
+        description="pubmedqa: take train/validation from this official cross-validation fold "
+        "(splits/pqal_cv_folds.json next to data.path); empty splits the non-test items "
+        "by data.seed.",
+    )
+    drop_non_patient_info: bool = Field(
+        False,
+        description="instruction: drop WikiDoc's site-help pages and unfilled templates "
+        "('What causes (disease name)?'); counted as dropped 'filtered'.",
+    )
+    question_field: str = Field("question", description="table, disk: the question column.")
+    answer_field: str = Field("answer", description="table, disk: the answer column.")
+    context_field: str | None = Field(
+        None, description="table, disk: a column of context shown with the question (optional)."
+    )
+    group_field: str | None = Field(
+        None,
+        description="table, disk: rows sharing this column's value never straddle two splits; "
+        "empty groups by normalized question.",
     )
     max_length: int = Field(
         256, ge=32, le=8192, description="Tokens per example; the answer is cut first."
     )
-    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of groups for validation.")
-    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of groups for test.")
+    val_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="Share of records (whole groups) for validation; of the records left when "
+        "the source fixes the test split (pubmedqa).",
+    )
+    test_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="Share of records (whole groups) for test; unused when the source fixes "
+        "the test split (pubmedqa).",
+    )
     max_records: int | None = Field(
         None, ge=10, description="Keep this many cleaned records (whole groups), for quick runs."
     )
@@ -59,6 +131,25 @@ class DataConfig(Section):
     system_prompt: str | None = Field(
         None, description="System message for chat templates; empty keeps the template's own."
     )
+    allow_leakage: bool = Field(
+        False,
+        description="Start a sweep even when the test split shares a group or an exact "
+        "question with train (a warning is printed). Off: such a sweep is refused.",
+    )
+
+    @field_validator(*_SOURCE_KEYS)
+    @classmethod
+    def _only_for_its_sources(cls, value, info: ValidationInfo):
+        sources = _SOURCE_KEYS[info.field_name]
+        source = info.data.get("source")  # absent when data.source itself was invalid
+        if (
+            source is not None
+            and source not in sources
+            and value != cls.model_fields[info.field_name].default
+        ):
+            wanted = " or ".join(f"data.source={s}" for s in sources)
+            raise ValueError(f"only {wanted} reads it, and data.source is {source}")
+        return value
 
 
 class TrainConfig(Section):

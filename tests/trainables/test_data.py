@@ -201,3 +201,63 @@ def test_medquad_unknown_root_and_broken_xml(tmp_path):
 def test_medquad_folder_without_xml(tmp_path):
     with pytest.raises(DataError, match=r"no .xml files found"):
         load_records(DataConfig(source="medquad", path=str(tmp_path)))
+
+
+# -- splits a source fixes, groups merged by question ----------------------------------------
+
+
+def _rec(i, group=None, split=None, question=None):
+    return Record(
+        id=str(i),
+        question=question or f"question number {i}",
+        answer="a",
+        group=group or f"g{i}",
+        source="t",
+        split=split,
+    )
+
+
+def test_split_keeps_what_the_source_fixed_and_splits_the_rest():
+    records = [_rec(i, split="test") for i in range(5)] + [_rec(i) for i in range(5, 25)]
+    splits = _split(records)
+    assert [r.id for r in splits["test"]] == ["0", "1", "2", "3", "4"]
+    # validation is 10% of the 20 records the source left free
+    assert len(splits["validation"]) == 2 and len(splits["train"]) == 18
+    fixed = [_rec(i, split=["train", "validation", "test"][i % 3]) for i in range(9)]
+    assert {n: [r.id for r in s] for n, s in _split(fixed).items()} == {
+        "train": ["0", "3", "6"],
+        "validation": ["1", "4", "7"],
+        "test": ["2", "5", "8"],
+    }
+    with pytest.raises(DataError, match=r"1 group\(s\) in 1 records; .* needs at least 2 groups"):
+        _split([_rec(0, split="test"), _rec(1)])
+
+
+def test_split_merges_groups_that_share_a_question():
+    # MedQuAD spells one focus two ways ('alpha thalassemia', 'alpha-thalassemia') and asks
+    # the same question under both: they must not land in two splits.
+    twins = [
+        _rec("a", group="alpha thalassemia", question="What is (are) alpha thalassemia ?"),
+        _rec("b", group="alpha-thalassemia", question="What is (are) Alpha-thalassemia?"),
+    ]
+    records = twins + [_rec(i) for i in range(30)]
+    for seed in range(10):
+        where = {r.id: name for name, rs in _split(records, seed).items() for r in rs}
+        assert where["a"] == where["b"]
+    # A free record asking what a fixed test record asks goes to test with it.
+    pulled = _split([_rec(0, split="test", question="Q?"), _rec(1, question="q"), *records])
+    assert {r.id for r in pulled["test"]} == {"0", "1"}
+
+
+def test_fingerprint_of_records_without_the_new_fields_is_unchanged(tmp_path):
+    import hashlib
+    from dataclasses import replace
+
+    r = Record(id="1", question="q", answer="a", group="g", source="s")
+    before = {"id": "1", "question": "q", "answer": "a", "group": "g", "source": "s"}
+    line = json.dumps(before | {"context": None, "system": None}, sort_keys=True) + "\n"
+    assert fingerprint([r]) == hashlib.sha256(line.encode()).hexdigest()
+    labelled = replace(r, label="yes", split="test")
+    assert fingerprint([labelled]) != fingerprint([r])
+    write_jsonl([r, labelled], tmp_path / "r.jsonl")
+    assert read_jsonl(tmp_path / "r.jsonl") == [r, labelled]
