@@ -64,7 +64,12 @@ def train_lora(config: dict, *, settings: TrialSettings, data: dict[str, list[di
     )
     work = Path(tempfile.mkdtemp(prefix="medtune-trial-"))
     try:
-        resume = _restore_checkpoint(work)
+        resume, step = _restore_checkpoint(work)
+        if step >= train.max_steps:
+            # Finished before an interruption that Tune's state did not record; Trainer would
+            # otherwise take one step past the budget.
+            log.warning("medtune trial: checkpoint is at step %d, the full budget; done", step)
+            return
         trainer = Trainer(
             model=model,
             args=_training_args(config, train, work),
@@ -127,18 +132,19 @@ def _training_args(config: dict, train: TrainConfig, work: Path) -> TrainingArgu
     )
 
 
-def _restore_checkpoint(work: Path) -> str | None:
-    """Copy Tune's latest checkpoint (if this trial is resumed) where Trainer resumes from."""
+def _restore_checkpoint(work: Path) -> tuple[str | None, int]:
+    """Copy Tune's latest checkpoint (if this trial is resumed) where Trainer resumes from;
+    return its folder and step (None, 0 for a fresh trial)."""
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is None:
-        return None
+        return None, 0
     with checkpoint.as_directory() as src:
         state = Path(src) / "trainer_state.json"
         step = json.loads(state.read_text())["global_step"]
         dst = work / f"checkpoint-{step}"
         shutil.copytree(src, dst)
     log.info("resuming from step %d", step)
-    return str(dst)
+    return str(dst), step
 
 
 class _ReportToTune(TrainerCallback):

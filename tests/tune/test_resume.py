@@ -81,7 +81,9 @@ def test_killed_driver_then_resume(tmp_path, model_cache):
         if trial in finished:  # finished before the kill: not run again
             assert steps == list(before[trial]["step"])
     # The searcher's own state came back too: one finished Optuna trial per Tune trial.
-    state = max(out.glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    # Each run of the experiment writes its own file, named by its start time; the resumed
+    # run's is the latest name (mtimes are all the final sync's).
+    state = max(out.glob("searcher-state-*.pkl"), key=lambda p: p.name)
     searcher = pickle.loads(state.read_bytes())
     study = searcher["_ot_study"] if isinstance(searcher, dict) else searcher._ot_study
     states = [t.state.name for t in study.trials]
