@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_overrides_last(sys.argv[1:] if argv is None else argv))
     # Imported here so `medtune --help` and config typos answer before torch and Ray load.
     from tune.errors import USER_ERRORS
 
@@ -156,6 +156,26 @@ def _export(results: Path, console: Console, out: Path | None) -> int:
         f"\nExported to [bold]{where}[/] (merged model, adapter/, metrics.json, README.md)"
     )
     return 0
+
+
+def _overrides_last(argv: list[str]) -> list[str]:
+    """Move `key=value` words after the options, so they may come anywhere on the line.
+
+    argparse fills a `nargs="*"` positional once; `sweep a=b --no-export c=d` would otherwise
+    be refused.
+    """
+    takes_value = {"--config", "--resume", "--out", "--port", "--host", "--max-new-tokens"}
+    options, overrides, i = [], [], 0
+    while i < len(argv):
+        word = argv[i]
+        if word in takes_value and i + 1 < len(argv):
+            options += argv[i : i + 2]
+            i += 2
+            continue
+        is_override = "=" in word and not word.startswith("-") and "." in word.split("=")[0]
+        (overrides if is_override else options).append(word)
+        i += 1
+    return options + overrides
 
 
 def _quiet_libraries() -> None:

@@ -92,6 +92,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, args, needles)
     assert snapshot(workdir / "results") == before
 
 
+def test_overrides_may_come_between_options(workdir):
+    proc = run(["sweep", "train.max_steps=0", "--no-export", "train.foo=1"], cwd=workdir)
+    assert_refused(proc, "train.max_steps: got 0", "train.foo: unknown key")
+
+
 def test_data_without_a_usable_record(workdir):
     bad = workdir / "empty.json"
     bad.write_text(json.dumps([{"instruction": "x", "input": "q?", "output": " "}] * 3))
