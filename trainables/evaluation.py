@@ -10,7 +10,15 @@ from rouge_score import rouge_scorer
 from trainables.data import Record
 from trainables.prompts import IGNORE_INDEX, collate, prompt_text
 
-__all__ = ["answer_loss", "generate_answers", "perplexity", "rouge"]
+__all__ = [
+    "DECISIONS",
+    "answer_loss",
+    "classification_scores",
+    "decision_scores",
+    "generate_answers",
+    "perplexity",
+    "rouge",
+]
 
 
 @torch.no_grad()
@@ -96,3 +104,54 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
             sums[key] += score.fmeasure
     n = max(1, len(predictions))
     return {k: v / n for k, v in sums.items()}
+
+
+DECISIONS = ("yes", "no", "maybe")
+
+
+@torch.no_grad()
+def decision_scores(
+    model, tokenizer, records: list[Record], *, max_length: int, system_prompt: str | None = None
+) -> dict[str, float]:
+    """PubMedQA-style yes/no/maybe: accuracy and macro-F1 over `records` (with `label`).
+
+    The decision is read by likelihood, not by parsing a generation: each of the three answers
+    is scored as the completion of the training prompt (summed log-probability of its answer
+    tokens, the closing token included) and the most likely one is the prediction. The base
+    model is read the same way, so the two scores compare.
+    """
+    from dataclasses import replace
+
+    from trainables.prompts import encode_record
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    predictions = []
+    for r in records:
+        options = [
+            encode_record(tokenizer, replace(r, answer=d), max_length, system_prompt)[0]
+            for d in DECISIONS
+        ]
+        batch = {k: v.to(device) for k, v in collate(options, tokenizer.pad_token_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        labels = batch["labels"][:, 1:]
+        mask = labels != IGNORE_INDEX
+        token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        predictions.append(DECISIONS[int((token_logp * mask).sum(-1).argmax())])
+    model.train(was_training)
+    return classification_scores(predictions, [r.label for r in records])
+
+
+def classification_scores(predictions: list[str], labels: list[str]) -> dict[str, float]:
+    """Accuracy and macro-F1 over the three decisions (a class never seen scores F1 0)."""
+    n = max(1, len(labels))
+    accuracy = sum(p == t for p, t in zip(predictions, labels, strict=True)) / n
+    f1s = []
+    for c in DECISIONS:
+        tp = sum(p == c and t == c for p, t in zip(predictions, labels, strict=True))
+        fp = sum(p == c and t != c for p, t in zip(predictions, labels, strict=True))
+        fn = sum(p != c and t == c for p, t in zip(predictions, labels, strict=True))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s)}

@@ -24,7 +24,13 @@ from ray.tune import ExperimentAnalysis, ResultGrid
 from rich.console import Console
 
 from trainables.data import read_jsonl
-from trainables.evaluation import answer_loss, generate_answers, perplexity, rouge
+from trainables.evaluation import (
+    answer_loss,
+    decision_scores,
+    generate_answers,
+    perplexity,
+    rouge,
+)
 from trainables.models import load_model, load_tokenizer, prepare_model
 from trainables.prompts import encode_records
 from tune.config import SweepConfig, load_saved_config
@@ -89,10 +95,10 @@ def export_best(results: Path, console: Console, *, out: Path | None = None) -> 
     examples, _ = encode_records(tokenizer, test, cfg.data.max_length, cfg.data.system_prompt)
     samples = test[: cfg.export.generate_samples]
     with console.status("Scoring the base model on the test split"):
-        base = _score(model, tokenizer, examples, samples, cfg)
+        base = _score(model, tokenizer, examples, samples, test, cfg)
     model = PeftModel.from_pretrained(model, str(checkpoint))
     with console.status("Scoring the tuned model on the test split"):
-        tuned = _score(model, tokenizer, examples, samples, cfg)
+        tuned = _score(model, tokenizer, examples, samples, test, cfg)
     metrics = {
         "run": cfg.run.name,
         "model": cfg.model.name,
@@ -132,7 +138,7 @@ def _write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text("\n".join(lines) + "\n")
 
 
-def _score(model, tokenizer, examples, samples, cfg: SweepConfig) -> dict:
+def _score(model, tokenizer, examples, samples, test, cfg: SweepConfig) -> dict:
     loss = answer_loss(model, examples, cfg.export.batch_size, tokenizer.pad_token_id)
     answers = generate_answers(
         model,
@@ -143,6 +149,14 @@ def _score(model, tokenizer, examples, samples, cfg: SweepConfig) -> dict:
         system_prompt=cfg.data.system_prompt,
     )
     scores = rouge(answers, [r.answer for r in samples]) if samples else {}
+    if cfg.data.source == "pubmedqa" and cfg.data.task == "decision":
+        scores |= decision_scores(
+            model,
+            tokenizer,
+            test,
+            max_length=cfg.data.max_length,
+            system_prompt=cfg.data.system_prompt,
+        )
     return {
         "metrics": {"test_loss": loss, "test_perplexity": perplexity(loss), **scores},
         "answers": answers,

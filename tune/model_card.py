@@ -97,6 +97,7 @@ ROUGE F1 on greedy answers to the first {metrics["generated_examples"]}.
 |---|---|---|
 {rows}
 
+{_decision_section(metrics)}
 ## Sample answers
 {samples}
 
@@ -106,6 +107,32 @@ knowledge. ROUGE rewards word overlap, not correctness. The test split comes fro
 source as training; performance on other populations, sources or languages is unknown.
 """
     path.write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + body)
+
+
+# Jin et al., 2019 (PubMedQA) and Luo et al., 2022 (BioGPT): accuracy on the official
+# 500-question test set.
+PUBMEDQA_REFERENCES = {
+    "majority class": 0.552,
+    "BioBERT": 0.681,
+    "single human": 0.780,
+    "BioGPT": 0.782,
+    "BioGPT-Large": 0.810,
+}
+
+
+def _decision_section(metrics: dict) -> str:
+    if "accuracy" not in metrics["tuned"]:
+        return ""
+    rows = [
+        f"| this model (tuned) | {metrics['tuned']['accuracy']:.3f} | "
+        f"{metrics['tuned']['macro_f1']:.3f} |",
+        f"| base model | {metrics['base']['accuracy']:.3f} | {metrics['base']['macro_f1']:.3f} |",
+    ] + [f"| {name} (published) | {acc:.3f} | |" for name, acc in PUBMEDQA_REFERENCES.items()]
+    return (
+        "\n## PubMedQA decision (official test set)\nThe decision is read by comparing the "
+        "likelihood of answering yes, no or maybe after the training prompt.\n\n"
+        "| model | accuracy | macro-F1 |\n|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
 
 
 def _confirmation_section(confirmation: dict | None) -> str:
