@@ -85,16 +85,35 @@ TINY = ["model.name=tiny-random"]
         (["sweep", *TINY, "oops"], ["override 'oops': expected section.key=value"]),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(workdir, args, needles):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    workdir, args, needles, monkeypatch, capsys
+):
+    # In-process through the console script's own `main`, to skip a Python start per case;
+    # the subprocess tests below check the real executable's exit code and output.
+    from tune.cli import main
+
+    monkeypatch.chdir(workdir)
     before = snapshot(workdir / "results")
-    proc = run(args, cwd=workdir)
-    assert_refused(proc, *needles)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines and all(ln.startswith("medtune: error: ") for ln in lines), err
+    for needle in needles:
+        assert needle in err, err
     assert snapshot(workdir / "results") == before
 
 
 def test_overrides_may_come_between_options(workdir):
     proc = run(["sweep", "train.max_steps=0", "--no-export", "train.foo=1"], cwd=workdir)
     assert_refused(proc, "train.max_steps: got 0", "train.foo: unknown key")
+
+
+def test_the_executable_exits_2_without_a_traceback(workdir):
+    before = snapshot(workdir / "results")
+    proc = run(["sweep", *TINY, "data.source=instruction", "data.path=/no/such.json"], cwd=workdir)
+    assert_refused(proc, "data.path=/no/such.json: no such file or folder")
+    assert snapshot(workdir / "results") == before
 
 
 def test_data_without_a_usable_record(workdir):

@@ -13,7 +13,7 @@ from tune.config import load_config
 from tune.sweep import prepare_sweep, run_sweep
 
 pytestmark = pytest.mark.slow
-STEPS, SAMPLES = 120, 4
+STEPS, SAMPLES = 60, 4
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_trials_spread_over_nodes_and_survive_a_lost_node(cluster, tmp_path, mod
             f"search.num_samples={SAMPLES}",
             f"train.max_steps={STEPS}",
             "train.eval_every=10",
-            "train.per_device_batch_size=16",
+            "train.per_device_batch_size=8",
             "run.reuse_actors=false",  # a fresh actor per trial, placed wherever Ray has room
             "run.max_failures=3",
             "run.name=cluster",

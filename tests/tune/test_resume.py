@@ -13,7 +13,7 @@ import pytest
 from tests.tune.conftest import MEDTUNE
 
 pytestmark = pytest.mark.slow
-STEPS, SAMPLES = 60, 4
+STEPS, SAMPLES = 40, 4
 
 
 def _progress(out):
