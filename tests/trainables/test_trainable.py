@@ -77,8 +77,10 @@ def test_failed_trial_resumes_from_its_checkpoint(
     result = tuner.fit()[0]
     assert (tmp_path / "failed-once").exists()
     assert result.error is None
-    # Resumed at step 10: the steps continue, they do not restart at zero.
-    assert list(result.metrics_dataframe["step"]) == [5, 10, 15, 20]
+    # Resumed from the step-10 checkpoint: the steps continue, they do not restart at zero.
+    # The step-10 result itself may be lost with the actor (it died right after reporting);
+    # its checkpoint is not.
+    assert list(result.metrics_dataframe["step"]) in ([5, 10, 15, 20], [5, 15, 20])
     assert result.metrics["step"] == 20
 
 
