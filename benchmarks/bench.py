@@ -130,8 +130,9 @@ def main() -> None:
     from trainables.models import load_model, prepare_model
 
     path = prepare_model(ModelConfig(name=args.model))
-    params = sum(p.numel() for p in load_model(path).parameters())
-    vocab = load_model(path).config.vocab_size
+    base = load_model(path)
+    params, vocab = sum(p.numel() for p in base.parameters()), base.config.vocab_size
+    del base
     examples = synthetic_examples(vocab, args.batch, args.seq, args.steps)
 
     peak = matmul_gflops(args.threads)
