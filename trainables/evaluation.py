@@ -14,7 +14,9 @@ __all__ = [
     "DECISIONS",
     "answer_loss",
     "classification_scores",
+    "decision_accuracy",
     "decision_scores",
+    "encode_decisions",
     "generate_answers",
     "perplexity",
     "rouge",
@@ -109,7 +111,6 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
 DECISIONS = ("yes", "no", "maybe")
 
 
-@torch.no_grad()
 def decision_scores(
     model, tokenizer, records: list[Record], *, max_length: int, system_prompt: str | None = None
 ) -> dict[str, float]:
@@ -118,30 +119,65 @@ def decision_scores(
     The decision is read by likelihood, not by parsing a generation: each of the three answers
     is scored as the completion of the training prompt (summed log-probability of its answer
     tokens, the closing token included) and the most likely one is the prediction. The base
-    model is read the same way, so the two scores compare.
+    model is read the same way, so the two scores compare; so is a trial's `eval_accuracy`.
+    """
+    encoded = encode_decisions(
+        tokenizer, records, max_length=max_length, system_prompt=system_prompt
+    )
+    return decision_accuracy(model, encoded, tokenizer.pad_token_id)
+
+
+def encode_decisions(
+    tokenizer, records: list[Record], *, max_length: int, system_prompt: str | None = None
+) -> list[dict]:
+    """Each labelled record's three answers as completions of its prompt, and its label index.
+
+    Done once in the driver, so a trial scores decisions without a tokenizer. A record whose
+    question leaves no room for an answer at `max_length` is left out, as in training.
     """
     from dataclasses import replace
 
     from trainables.prompts import encode_record
 
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    predictions = []
+    out = []
     for r in records:
+        if r.label not in DECISIONS:
+            continue
         options = [
             encode_record(tokenizer, replace(r, answer=d), max_length, system_prompt)[0]
             for d in DECISIONS
         ]
-        batch = {k: v.to(device) for k, v in collate(options, tokenizer.pad_token_id).items()}
+        if all(o is not None for o in options):
+            out.append({"options": options, "label": DECISIONS.index(r.label)})
+    return out
+
+
+@torch.no_grad()
+def decision_accuracy(
+    model, encoded: list[dict], pad_id: int, batch_size: int = len(DECISIONS)
+) -> dict[str, float]:
+    """Accuracy and macro-F1 of the most likely answer of each `encode_decisions` item.
+
+    `batch_size` counts sequences; the three options of an item stay in one batch.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    per_batch = max(1, batch_size // len(DECISIONS))
+    predictions = []
+    for start in range(0, len(encoded), per_batch):
+        items = encoded[start : start + per_batch]
+        options = [o for item in items for o in item["options"]]
+        batch = {k: v.to(device) for k, v in collate(options, pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         labels = batch["labels"][:, 1:]
         mask = labels != IGNORE_INDEX
         token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        predictions.append(DECISIONS[int((token_logp * mask).sum(-1).argmax())])
+        scores = (token_logp * mask).sum(-1).view(len(items), len(DECISIONS))
+        predictions.extend(DECISIONS[int(i)] for i in scores.argmax(-1))
     model.train(was_training)
-    return classification_scores(predictions, [r.label for r in records])
+    return classification_scores(predictions, [DECISIONS[item["label"]] for item in encoded])
 
 
 def classification_scores(predictions: list[str], labels: list[str]) -> dict[str, float]:

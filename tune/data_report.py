@@ -7,6 +7,8 @@ Reads, cleans and splits the data exactly as `medtune sweep` would, tokenizes it
 configured model's tokenizer, and reports: records read and dropped by reason, split sizes and
 groups, lengths in tokens, truncation at `data.max_length`, and questions shared across splits
 (same group, same normalized question, or token 3-gram Jaccard overlap >= NEAR_DUPLICATE).
+`medtune sweep` writes the same report as `results/<name>/data.json` (`data_summary`). Tokens
+come from the cache (`trainables.tokenized`) when the same data was encoded the same way.
 """
 
 from __future__ import annotations
@@ -16,25 +18,34 @@ import math
 import os
 from collections import Counter
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.markup import escape
 
-from trainables.config import DataConfig
 from trainables.data import (
     SPLITS,
+    DataReport,
     Record,
+    fingerprint,
     load_records,
     normalize_question,
     shared_between,
     split_records,
 )
-from trainables.models import load_tokenizer, prepare_model
-from trainables.prompts import IGNORE_INDEX, MIN_ANSWER_TOKENS, encode_record
+from trainables.models import cache_root, load_tokenizer, prepare_model
+from trainables.tokenized import EncodedSplit, encode_split_cached
 from tune.config import SweepConfig, load_config
 
-__all__ = ["NEAR_DUPLICATE", "inspect_data", "near_duplicates", "run_inspect"]
+__all__ = [
+    "NEAR_DUPLICATE",
+    "data_summary",
+    "encode_splits",
+    "inspect_data",
+    "near_duplicates",
+    "run_inspect",
+]
 
 # Token 3-gram Jaccard at which two questions count as near-duplicates: a reworded question
 # scores 0.8 and more, short templated questions about different conditions ("What are the
@@ -65,21 +76,57 @@ def inspect_data(cfg: SweepConfig) -> dict:
         records, val_fraction=data.val_fraction, test_fraction=data.test_fraction, seed=data.seed
     )
     tokenizer = load_tokenizer(prepare_model(cfg.model), cfg.model.trust_remote_code)
-    per_split = {name: _split_stats(tokenizer, splits[name], data) for name in SPLITS}
-    too_long = sum(s.pop("_too_long") for s in per_split.values())
+    return data_summary(cfg, loaded, splits, encode_splits(cfg, tokenizer, splits))
+
+
+def encode_splits(cfg: SweepConfig, tokenizer, splits: dict[str, list[Record]]) -> dict:
+    """Every split encoded at data.max_length, from the token cache where it holds them."""
+    cache = cache_root(cfg.model) / "tokens"
+    return {
+        name: encode_split_cached(
+            tokenizer,
+            split,
+            max_length=cfg.data.max_length,
+            system_prompt=cfg.data.system_prompt,
+            cache_dir=cache,
+        )
+        for name, split in splits.items()
+    }
+
+
+def data_summary(
+    cfg: SweepConfig,
+    loaded: DataReport,
+    splits: dict[str, list[Record]],
+    encoded: dict[str, EncodedSplit],
+) -> dict:
+    """What `medtune data inspect --json` prints and a sweep writes as `data.json`.
+
+    Records read and dropped by reason, per split: records, groups, examples, token length
+    percentiles, truncation, labels, fingerprint and whether the tokens came from the cache;
+    questions shared across splits; the fingerprint of all splits together.
+    """
+    data = cfg.data
+    per_split = {name: _split_stats(splits[name], encoded[name]) for name in SPLITS}
+    too_long = sum(e.too_long for e in encoded.values())
     dropped = {"empty": 0, "duplicate": 0, "filtered": 0} | dict(loaded.dropped)
+    cache_files = {e.cache_file for e in encoded.values() if e.cache_file}
     return {
         "source": data.source,
         "path": data.path,
         **({"task": data.task} if data.source == "pubmedqa" else {}),
         "model": cfg.model.name,
         "max_length": data.max_length,
+        "system_prompt": data.system_prompt,
         "records_read": loaded.read,
-        "records_kept": len(records) - too_long,
+        "records_kept": sum(len(s) for s in splits.values()) - too_long,
         "dropped": dropped | {"too_long": too_long},
         "splits": per_split,
         "overlap": {f"{a}/{b}": _overlap(splits[a], splits[b]) for a, b in _PAIRS},
         "near_duplicate_threshold": NEAR_DUPLICATE,
+        "fingerprint": fingerprint(r for name in SPLITS for r in splits[name]),
+        "token_cache": str(Path(next(iter(cache_files))).parent) if cache_files else None,
+        "tokens_from_cache": all(e.from_cache for e in encoded.values()),
     }
 
 
@@ -115,36 +162,18 @@ def near_duplicates(
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _split_stats(tokenizer, records: list[Record], data: DataConfig) -> dict:
-    """Records, groups, lengths in tokens and truncation at data.max_length, as the sweep does."""
-    lengths, truncated, too_long, context_cut = [], 0, 0, 0
-    for r in records:
-        # Encoded with no limit: the whole prompt and answer the sweep would start from.
-        full, _ = encode_record(tokenizer, r, 1 << 30, data.system_prompt)
-        prompt = sum(label == IGNORE_INDEX for label in full["labels"])
-        answer = len(full["input_ids"]) - prompt
-        lengths.append(prompt + answer)
-        if prompt + answer <= data.max_length:
-            continue
-        # encode_record's rule: the prompt must leave room for some of the answer.
-        room = data.max_length - min(MIN_ANSWER_TOKENS, answer)
-        if prompt > room and r.context:
-            # The context is shortened first; only the real encoding tells what remains.
-            example, cut = encode_record(tokenizer, r, data.max_length, data.system_prompt)
-            dropped = example is None
-            context_cut += not dropped
-        else:
-            dropped = prompt > room
-            cut = not dropped
-        too_long += dropped
-        truncated += cut
+def _split_stats(records: list[Record], encoded: EncodedSplit) -> dict:
+    """Records, groups, examples, lengths in tokens and truncation at data.max_length."""
     stats = {
         "records": len(records),
         "groups": len({r.group for r in records}),
-        "tokens": _percentiles(lengths),
-        "truncated": truncated,
-        "context_cut": context_cut,
-        "_too_long": too_long,
+        "examples": len(encoded.examples),
+        "tokens": _percentiles(encoded.lengths),
+        "truncated": encoded.truncated,
+        "context_cut": encoded.context_cut,
+        "too_long": encoded.too_long,
+        "fingerprint": fingerprint(records),
+        "tokens_from_cache": encoded.from_cache,
     }
     labels = Counter(r.label for r in records if r.label)
     if labels:
@@ -201,6 +230,9 @@ def _print_report(report: dict, console: Console) -> None:
     )
     dropped = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in report["dropped"].items())
     out(f"Records: {report['records_read']} read, {report['records_kept']} kept; dropped {dropped}")
+    if report["token_cache"]:
+        how = "read from the cache" if report["tokens_from_cache"] else "encoded now and cached"
+        out(f"Tokens: {how} in {escape(report['token_cache'])}")
     columns = ("records", "groups", "p50", "p95", "max", "truncated", "context cut")
     out("\n" + f"{'split':<12}" + "".join(f"{c:>12}" for c in columns) + "  (lengths in tokens)")
     for name, s in report["splits"].items():
