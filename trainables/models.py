@@ -4,7 +4,17 @@
     model, tokenizer = load_model(path), load_tokenizer(path)
 
 `prepare_model` runs once per sweep in the driver and returns something `from_pretrained`
-accepts (a local folder or a hub id); trials only ever call `load_model` on it.
+accepts (a local folder or a hub id).
+
+Trials do not read the weights from disk: the driver turns the loaded base model into
+`BaseWeights` (its config and every weight as a numpy array) once per sweep, Ray's object store
+holds them, and each trial rebuilds the model around read-only views of that shared memory
+(`model_from_weights`): N concurrent trials on a node hold one copy of the frozen base, and no
+node needs the model on its disk. `load_model(path)` remains for 4-bit QLoRA (CUDA; bitsandbytes
+quantizes while loading), for export, and as the fallback.
+
+    weights = base_weights(path)          # driver, once; ray.put (tune.with_parameters)
+    model = model_from_weights(weights)   # trial: no copy of the frozen weights
 """
 
 from __future__ import annotations
@@ -13,8 +23,11 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
@@ -24,13 +37,17 @@ from trainables.errors import ModelError
 
 __all__ = [
     "BUILTIN_MODELS",
+    "BaseWeights",
     "ModelError",
+    "base_weights",
     "cache_root",
     "check_model",
     "load_model",
     "load_tokenizer",
     "lora_target_modules",
+    "model_from_weights",
     "prepare_model",
+    "weights_of",
 ]
 
 BUILTIN_MODELS = ("smollm2-135m", "tiny-random")
@@ -132,6 +149,107 @@ def load_model(
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
     )
+
+
+@dataclass(frozen=True)
+class BaseWeights:
+    """A base model as plain data for Ray's object store: its config and every parameter and
+    buffer as a numpy array (Ray hands numpy arrays to other processes zero-copy, as read-only
+    views of the object store's shared memory).
+
+    `arrays` holds each distinct tensor once; `names` maps every parameter and buffer name of
+    the model to its key in `arrays`, so tied weights (SmolLM2's lm_head and embed_tokens) stay
+    one tensor. Dtypes numpy lacks (bfloat16) travel as same-width integers, see `dtypes`.
+    """
+
+    config: object  # transformers.PretrainedConfig
+    arrays: dict[str, np.ndarray]
+    dtypes: dict[str, str]
+    names: dict[str, str]
+    parameters: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+
+_AS_INT = {
+    torch.bfloat16: torch.int16,
+    torch.float8_e4m3fn: torch.int8,
+    torch.float8_e5m2: torch.int8,
+}
+
+
+def base_weights(path: str, *, trust_remote_code: bool = False) -> BaseWeights:
+    """Load the base model once (in the driver) and return it as `BaseWeights`."""
+    return weights_of(load_model(path, trust_remote_code=trust_remote_code))
+
+
+def weights_of(model: PreTrainedModel) -> BaseWeights:
+    """`model`'s config and weights as numpy views of its tensors (no copy here; `ray.put`
+    copies them into the object store once)."""
+    arrays, dtypes, names, keys = {}, {}, {}, {}
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    tensors = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    for name, t in tensors:
+        if t.device.type == "meta":
+            raise ModelError(f"{name} has no data (meta device); cannot share it")
+        t = t.detach().cpu()
+        same = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if same not in keys:
+            keys[same] = name
+            view = t.contiguous().view(_AS_INT[t.dtype]) if t.dtype in _AS_INT else t.contiguous()
+            arrays[name] = view.numpy()
+            dtypes[name] = str(t.dtype).removeprefix("torch.")
+        names[name] = keys[same]
+    config = model.config
+    return BaseWeights(config, arrays, dtypes, names, frozenset(params))
+
+
+def model_from_weights(weights: BaseWeights) -> PreTrainedModel:
+    """Build the model from its config on the meta device (no memory, no random init) and give
+    it `weights`' arrays as its tensors without copying them, frozen (LoRA adds the trainable
+    parameters). Over Ray's object store the arrays are read-only shared memory: nothing may
+    write to these tensors (the optimizer only sees LoRA's)."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(weights.config)
+    shared: dict[str, torch.Tensor] = {}
+    with warnings.catch_warnings():
+        # Read-only by design: frozen weights are never written.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for key, array in weights.arrays.items():
+            t = torch.from_numpy(array)
+            dtype = getattr(torch, weights.dtypes[key])
+            t = t.view(dtype) if dtype in _AS_INT else t
+            shared[key] = (
+                torch.nn.Parameter(t, requires_grad=False) if key in weights.parameters else t
+            )
+    expected = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    expected |= {n for n, _ in model.named_buffers(remove_duplicate=False)}
+    if expected != set(weights.names):
+        missing, extra = (
+            sorted(expected - set(weights.names)),
+            sorted(set(weights.names) - expected),
+        )
+        raise ModelError(
+            f"shared weights do not fit the model: missing {missing[:5]}, extra {extra[:5]}"
+        )
+    for name, key in weights.names.items():
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner)
+        tensor = shared[key]
+        if name in weights.parameters:
+            if not isinstance(tensor, torch.nn.Parameter):
+                tensor = shared[key] = torch.nn.Parameter(tensor, requires_grad=False)
+            module._parameters[leaf] = tensor
+        else:
+            module._buffers[leaf] = tensor
+    model.requires_grad_(False)
+    model.eval()
+    return model
 
 
 def _load_4bit(path: str, trust_remote_code: bool) -> PreTrainedModel:

@@ -3,8 +3,9 @@
 Tune calls `train_lora(config)` once per trial, where `config` holds only the sampled
 hyperparameters (learning_rate, weight_decay, lora_r, optionally lora_alpha, lora_dropout;
 confirmation runs add `seed`).
-Everything fixed for the sweep arrives through `ray.tune.with_parameters`: `settings` and the
-tokenized `data`, put in Ray's object store once per sweep and shared by every trial.
+Everything fixed for the sweep arrives through `ray.tune.with_parameters`: `settings`, the
+tokenized `data` and the frozen base `weights`, put in Ray's object store once per sweep and
+shared by every trial (the weights zero-copy: one copy per node, however many trials).
 
 Every `train.eval_every` steps the trial evaluates answer-token loss on the validation split
 and reports it with an adapter checkpoint (adapter, optimizer and scheduler state: a few MB),
@@ -31,7 +32,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from trainables.config import ModelConfig, TrainConfig
 from trainables.evaluation import answer_loss, perplexity
-from trainables.models import load_model, lora_target_modules
+from trainables.models import BaseWeights, load_model, lora_target_modules, model_from_weights
 from trainables.prompts import collate
 
 __all__ = ["TrialSettings", "train_lora"]
@@ -50,14 +51,25 @@ class TrialSettings:
     cpus: float = 1
 
 
-def train_lora(config: dict, *, settings: TrialSettings, data: dict[str, list[dict]]) -> None:
-    """Fine-tune LoRA adapters with `config`'s hyperparameters, reporting to Ray Tune."""
+def train_lora(
+    config: dict,
+    *,
+    settings: TrialSettings,
+    data: dict[str, list[dict]],
+    weights: BaseWeights | None = None,
+    callbacks: tuple[TrainerCallback, ...] = (),
+) -> None:
+    """Fine-tune LoRA adapters with `config`'s hyperparameters, reporting to Ray Tune.
+
+    `weights`: the frozen base from Ray's object store (`tune.with_parameters`), shared with
+    every trial on the node; without it (or for 4-bit QLoRA) the base loads from
+    `settings.model_path`. `callbacks` go to the Trainer after medtune's own (benchmarks)."""
     torch.set_num_threads(max(1, int(settings.cpus)))
     train = settings.train
     # Seeded before LoRA's random init, so trials differ only by their hyperparameters;
     # confirmation runs pass their own `seed`.
     set_seed(int(config.get("seed", train.seed)))
-    model = _lora_model(config, settings)
+    model = _lora_model(config, settings, weights)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     log.warning(
         "medtune trial: training on %s with %d torch threads", device, torch.get_num_threads()
@@ -75,19 +87,26 @@ def train_lora(config: dict, *, settings: TrialSettings, data: dict[str, list[di
             args=_training_args(config, train, work),
             train_dataset=data["train"],
             data_collator=partial(collate, pad_id=settings.pad_token_id),
-            callbacks=[_ReportToTune(data["validation"], train, settings.pad_token_id, config)],
+            callbacks=[
+                _ReportToTune(data["validation"], train, settings.pad_token_id, config),
+                *callbacks,
+            ],
         )
         trainer.train(resume_from_checkpoint=resume)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _lora_model(config: dict, settings: TrialSettings):
-    model = load_model(
-        settings.model_path,
-        trust_remote_code=settings.model.trust_remote_code,
-        quantization=settings.model.quantization,
-    )
+def _lora_model(config: dict, settings: TrialSettings, weights: BaseWeights | None = None):
+    if weights is not None and settings.model.quantization == "none":
+        # Zero-copy over the object store: only LoRA and its optimizer state are this trial's.
+        model = model_from_weights(weights)
+    else:
+        model = load_model(
+            settings.model_path,
+            trust_remote_code=settings.model.trust_remote_code,
+            quantization=settings.model.quantization,
+        )
     targets, fan_in_fan_out = lora_target_modules(model, settings.model.lora_target_modules)
     r = int(config["lora_r"])
     lora = LoraConfig(

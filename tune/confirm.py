@@ -23,7 +23,13 @@ from trainables.trainable import train_lora
 from tune.config import SweepConfig
 from tune.errors import UserError
 from tune.progress import SweepProgress
-from tune.sweep import saved_training_data, start_ray, trial_resources, trial_settings
+from tune.sweep import (
+    saved_training_data,
+    shared_weights,
+    start_ray,
+    trial_resources,
+    trial_settings,
+)
 
 __all__ = ["run_confirmation", "top_configs"]
 
@@ -70,6 +76,7 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
             candidates=[c["config"] for c in candidates],
             settings=trial_settings(cfg, model_path, pad_id),
             data=data,
+            weights=shared_weights(cfg, model_path),
         ),
         trial_resources(cfg),
     )
@@ -103,10 +110,13 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
     return summary
 
 
-def _confirm_trial(config: dict, *, candidates: list[dict], settings, data) -> None:
+def _confirm_trial(config: dict, *, candidates: list[dict], settings, data, weights) -> None:
     """A confirmation run: candidate `config["candidate"]`'s hyperparameters, a new seed."""
     train_lora(
-        {**candidates[config["candidate"]], "seed": config["seed"]}, settings=settings, data=data
+        {**candidates[config["candidate"]], "seed": config["seed"]},
+        settings=settings,
+        data=data,
+        weights=weights,
     )
 
 

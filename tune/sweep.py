@@ -38,7 +38,7 @@ from trainables.data import (
     write_jsonl,
 )
 from trainables.data import load_records as read_records
-from trainables.models import load_tokenizer, prepare_model
+from trainables.models import BaseWeights, base_weights, load_tokenizer, prepare_model
 from trainables.prompts import encode_records
 from trainables.trainable import TrialSettings, train_lora
 from tune.config import SweepConfig, load_saved_config
@@ -52,6 +52,7 @@ __all__ = [
     "resume_sweep",
     "run_sweep",
     "saved_training_data",
+    "shared_weights",
     "start_ray",
     "trial_settings",
 ]
@@ -210,11 +211,22 @@ def trial_settings(cfg: SweepConfig, model_path: str, pad_token_id: int) -> Tria
 
 
 def _trainable(cfg: SweepConfig, settings: TrialSettings, data: dict):
-    # with_parameters puts settings and data in the object store once for all trials.
+    # with_parameters puts settings, data and the base weights in the object store once for
+    # all trials; trials map the weights zero-copy instead of loading them from disk.
+    weights = shared_weights(cfg, settings.model_path)
     return ray_tune.with_resources(
-        ray_tune.with_parameters(train_lora, settings=settings, data=data),
+        ray_tune.with_parameters(train_lora, settings=settings, data=data, weights=weights),
         trial_resources(cfg),
     )
+
+
+def shared_weights(cfg: SweepConfig, model_path: str) -> BaseWeights | None:
+    """The frozen base as `BaseWeights` for the object store, loaded here once; None where
+    trials load from `model_path` instead: 4-bit QLoRA (bitsandbytes quantizes while loading,
+    on the GPU) and remote-code models (their classes may not exist on other nodes)."""
+    if cfg.model.quantization != "none" or cfg.model.trust_remote_code:
+        return None
+    return base_weights(model_path)
 
 
 def trial_resources(cfg: SweepConfig) -> dict[str, float]:

@@ -1,6 +1,9 @@
+import dataclasses
 import importlib.util
 import time
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config
@@ -12,7 +15,9 @@ from trainables.models import (
     load_model,
     load_tokenizer,
     lora_target_modules,
+    model_from_weights,
     prepare_model,
+    weights_of,
 )
 
 
@@ -33,6 +38,29 @@ def test_tiny_random_is_deterministic(tmp_path, tiny_model_path):
     a, b = load_model(tiny_model_path), load_model(other)
     for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_weights_rebuild_the_model_around_the_same_memory(tiny_model_path, dtype):
+    base = load_model(tiny_model_path, dtype=dtype)
+    shared = weights_of(base)
+    # As Ray's object store hands them to a trial: read-only arrays the model must not copy.
+    arrays = {k: np.array(a) for k, a in shared.arrays.items()}
+    for a in arrays.values():
+        a.flags.writeable = False
+    shared = dataclasses.replace(shared, arrays=arrays)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "non-writable NumPy array" warning
+        model = model_from_weights(shared)
+    addresses = {a.__array_interface__["data"][0] for a in arrays.values()}
+    tensors = [*model.parameters(), *model.buffers()]
+    assert tensors and all(t.data_ptr() in addresses for t in tensors)
+    assert not any(p.requires_grad for p in model.parameters())
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
+    assert model.dtype == dtype
+    ids = torch.arange(12).reshape(1, 12)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, base.eval()(ids).logits)
 
 
 def test_lora_targets_per_architecture(tiny_model_path):

@@ -10,9 +10,9 @@ from ray import tune as ray_tune
 from trainables.config import DataConfig, ModelConfig, TrainConfig
 from trainables.data import load_records, split_records
 from trainables.evaluation import answer_loss
-from trainables.models import load_model
+from trainables.models import base_weights, load_model
 from trainables.prompts import encode_records
-from trainables.trainable import TrialSettings, train_lora
+from trainables.trainable import TrialSettings, _lora_model, train_lora
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +89,10 @@ def test_reported_loss_is_the_checkpoint_loss(
 ):
     tuner = ray_tune.Tuner(
         ray_tune.with_parameters(
-            train_lora, settings=_settings(tiny_model_path, tiny_tokenizer), data=data
+            train_lora,
+            settings=_settings(tiny_model_path, tiny_tokenizer),
+            data=data,
+            weights=base_weights(tiny_model_path),
         ),
         param_space={"learning_rate": 5e-3, "weight_decay": 0.01, "lora_r": 4},
         tune_config=ray_tune.TuneConfig(metric="eval_loss", mode="min", num_samples=1),
@@ -102,3 +105,53 @@ def test_reported_loss_is_the_checkpoint_loss(
     model = PeftModel.from_pretrained(load_model(tiny_model_path), result.checkpoint.path)
     loss = answer_loss(model, data["validation"], 8, tiny_tokenizer.pad_token_id)
     assert loss == pytest.approx(result.metrics["eval_loss"], rel=1e-5)
+
+
+def _plasma_ranges() -> list[tuple[int, int]]:
+    """Address ranges of this process's shared mappings of Ray's object store (plasma)."""
+    ranges = []
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        if len(fields) >= 6 and "plasma" in fields[5] and fields[1].endswith("s"):
+            lo, hi = (int(v, 16) for v in fields[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+def _probe(config, *, settings, weights):
+    """Build a trial's model as train_lora does and report where its tensors live."""
+    model = _lora_model(config, settings, weights)
+    ranges = _plasma_ranges()
+    base = [p for n, p in model.named_parameters() if "lora_" not in n]
+    inside = sum(any(lo <= p.data_ptr() < hi for lo, hi in ranges) for p in base)
+    inner = model.get_base_model()
+    ray_tune.report(
+        {
+            "base": len(base),
+            "in_object_store": inside,
+            "base_trainable": sum(p.requires_grad for p in base),
+            "lora_trainable": sum(
+                p.requires_grad for n, p in model.named_parameters() if "lora_" in n
+            ),
+            "tied": inner.lm_head.weight is inner.model.embed_tokens.weight,
+        }
+    )
+
+
+def test_trial_base_weights_are_the_object_store_memory(
+    ray_2_cpus, tmp_path, tiny_model_path, tiny_tokenizer
+):
+    tuner = ray_tune.Tuner(
+        ray_tune.with_parameters(
+            _probe,
+            settings=_settings(tiny_model_path, tiny_tokenizer),
+            weights=base_weights(tiny_model_path),
+        ),
+        param_space={"lora_r": 4},
+        run_config=ray_tune.RunConfig(storage_path=str(tmp_path), name="probe", verbose=0),
+    )
+    m = tuner.fit()[0].metrics
+    # Every frozen weight is a view of the shared object store mapping: no per-trial copy.
+    assert m["base"] > 0 and m["in_object_store"] == m["base"]
+    assert m["base_trainable"] == 0 and m["lora_trainable"] > 0
+    assert m["tied"]

@@ -1,0 +1,26 @@
+"""`make bench`: what ASHA saves. The same medtune sweep with `scheduler.name=asha` and `fifo`.
+
+    python benchmarks/asha.py [--model smollm2-135m] [--trials 4] [--steps 16] [--repeats 3]
+
+Both sides are the real CLI (`medtune sweep --no-export`) as subprocesses, alternating within
+one process run, with the same search seed in a repeat (seed = repeat index). Measured: training
+steps spent, wall time, best validation loss (medtune's `answer_loss` of each sweep's best
+checkpoint, re-scored the same way), test loss of that checkpoint, peak memory and disk. The
+machinery is `benchmarks/peer.py`'s (`--sides peer,asha,fifo` there runs all three at once).
+Results: benchmarks/results/<date>-asha-<model>.json.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peer import main  # noqa: E402
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    if not any(a == "--name" or a.startswith("--name=") for a in argv):
+        argv = [*argv, "--name", "asha"]
+    main(argv, default_sides="asha,fifo")
