@@ -1,0 +1,312 @@
+"""`medtune dashboard` and `medtune report` in a real browser (Debian's headless Chromium).
+
+The finished sweep is the session's tiny e2e sweep; the running one is a second tiny sweep
+watched while it trains. Pages must hold one row per trial, charts with the reported points,
+no console errors, escaped text, and the static report must open from file:// offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.tune.conftest import MEDTUNE, SAMPLES
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Chromium's background services would try (and fail) to reach Google on a closed network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = os.environ.get("MEDTUNE_SCREENSHOTS")  # e.g. docs/screenshots, for the README
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent: `make test` installs Debian's chromium as root")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Page:
+    """A browser page that records console errors, page errors and alert() dialogs."""
+
+    def __init__(self, browser, **context):
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, **context)
+        self.page = self.context.new_page()
+        self.errors, self.dialogs, self.requests = [], [], []
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+
+    def close(self):
+        self.context.close()
+
+
+@pytest.fixture
+def page(browser):
+    p = Page(browser)
+    yield p
+    p.close()
+
+
+def start_dashboard(folder: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [MEDTUNE, "dashboard", str(folder), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:\d+/", line)
+    assert match, line + proc.stdout.read() if proc.poll() is not None else line
+    return proc, match.group(0)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def table_rows(page) -> list[dict]:
+    return page.eval_on_selector_all(
+        "#trials tbody tr",
+        """rows => rows.map(r => ({
+            trial: r.dataset.trial, status: r.dataset.status,
+            cells: Array.from(r.cells).map(c => c.textContent.trim())}))""",
+    )
+
+
+def curve_points(page) -> dict[str, int]:
+    """Points drawn per trial in the learning-curve chart (matplotlib path vertices)."""
+    paths = page.eval_on_selector_all(
+        '#chart-learning-curves g[id^="trial-"] > path',
+        "ps => ps.map(p => [p.closest('g').id, p.getAttribute('d')])",
+    )
+    return {gid.removeprefix("trial-"): len(re.findall(r"[ML]", d)) for gid, d in paths}
+
+
+def test_dashboard_of_the_finished_sweep(sweep, page, tmp_path):
+    out, _ = sweep
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    metrics = json.loads((out / "export" / "metrics.json").read_text())
+    proc, url = start_dashboard(out)
+    try:
+        page.page.goto(url)
+        rows = table_rows(page.page)
+        assert len(rows) == SAMPLES
+        assert {r["trial"] for r in rows} == {t["trial_id"] for t in summary["trials"]}
+        stopped = sum(r["status"] == "stopped" for r in rows)
+        assert stopped == summary["stopped_early"]
+        assert sum(r["status"] == "completed" for r in rows) == SAMPLES - stopped
+        evaluations = {t["trial_id"]: t["evaluations"] for t in summary["trials"]}
+        assert curve_points(page.page) == evaluations  # one point per evaluation, every trial
+        parallel = page.page.locator('#chart-parallel-coordinates g[id^="trial-"]').count()
+        assert parallel == SAMPLES
+        best = summary["best"]
+        assert page.page.text_content("#best-value") == f"{best['best_eval_loss']:.4f}"
+        shown = page.page.text_content('#test-metrics [data-metric="test_loss"]')
+        assert float(shown) == pytest.approx(metrics["tuned"]["test_loss"], abs=5e-5)
+        assert page.page.locator("#samples tbody tr").count() == len(metrics["samples"])
+        assert page.page.locator("#confirmation tbody tr").count() == 2
+
+        # Sorting by best metric, descending then ascending.
+        header = page.page.locator("#trials th", has_text="best eval_loss")
+        header.click()
+        header.click()
+        values = [float(r["cells"][5]) for r in table_rows(page.page)]
+        assert values == sorted(values, reverse=True)
+        # Hovering a row highlights that trial's line in the charts.
+        first = table_rows(page.page)[0]["trial"]
+        page.page.hover(f'#trials tr[data-trial="{first}"]')
+        assert page.page.locator(f'#chart-learning-curves [id="trial-{first}"].hl').count() == 1
+        if SCREENSHOTS:
+            page.page.screenshot(path=f"{SCREENSHOTS}/dashboard.png", full_page=True)
+        dashboard_table = [r["cells"] for r in table_rows(page.page)]
+    finally:
+        stop(proc)
+    assert page.errors == [], page.errors
+
+    # The static report, opened from file:// with the network off, shows the same numbers.
+    report = tmp_path / "report.html"
+    done = subprocess.run(
+        [MEDTUNE, "report", str(out), "--out", str(report)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    for name in ("learning-curves", "parallel-coordinates", "importance"):
+        png = tmp_path / f"report-{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    offline = Page(page.page.context.browser, offline=True)
+    try:
+        offline.page.goto(report.as_uri())
+        report_table = [r["cells"] for r in table_rows(offline.page)]
+        header = offline.page.locator("#trials th", has_text="best eval_loss")
+        header.click()
+        header.click()
+        assert [r["cells"] for r in table_rows(offline.page)] == dashboard_table
+        assert len(report_table) == SAMPLES
+        assert curve_points(offline.page) == evaluations
+        assert offline.page.text_content("#best-value") == f"{best['best_eval_loss']:.4f}"
+        assert offline.requests == [report.as_uri()]  # nothing else was fetched
+        assert offline.errors == []
+    finally:
+        offline.close()
+
+
+def test_dashboard_follows_a_running_sweep(model_cache, page, tmp_path):
+    """Watch a sweep train: rows appear, evaluations grow and the sweep finishes on screen,
+    all without reloading the page."""
+    args = [
+        "sweep",
+        "--no-export",
+        "model.name=tiny-random",
+        "data.max_records=60",
+        "search.num_samples=2",
+        "scheduler.name=fifo",
+        "train.max_steps=40",
+        "train.eval_every=5",
+        "train.per_device_batch_size=2",
+        "resources.max_concurrent_trials=1",
+        "run.name=live",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    sweep_proc = subprocess.Popen(
+        [MEDTUNE, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    folder = tmp_path / "results" / "live"
+    dashboard = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder / "medtune.yaml").exists():
+            assert sweep_proc.poll() is None, sweep_proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        dashboard, url = start_dashboard(folder)
+        page.page.goto(url)
+        assert page.page.get_attribute("#summary", "data-finished") == "no"
+        page.page.wait_for_selector('#trials tr[data-status="running"]', timeout=120_000)
+        running = page.page.locator('#trials tr[data-status="running"]').get_attribute("data-trial")
+        page.page.wait_for_function(
+            """id => { const n = Object.values(document.querySelectorAll(
+                  '#chart-learning-curves g[id="trial-' + id + '"] > path'));
+                return n.length && n[0].getAttribute('d').match(/L/g)?.length >= 1; }""",
+            arg=running,
+            timeout=120_000,
+        )
+        assert sweep_proc.wait(timeout=300) == 0
+        page.page.wait_for_selector('#summary[data-finished="yes"]', timeout=30_000)
+        rows = table_rows(page.page)
+        assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
+        assert all(n == 8 for n in curve_points(page.page).values())  # 40 steps / 5
+        if SCREENSHOTS:
+            page.page.screenshot(path=f"{SCREENSHOTS}/dashboard-live.png", full_page=True)
+    finally:
+        if sweep_proc.poll() is None:
+            sweep_proc.kill()
+        if dashboard is not None:
+            stop(dashboard)
+    assert page.errors == [], page.errors
+
+
+HOSTILE = "<script>alert(1)</script>"
+HOSTILE_IMG = '<img src=x onerror="alert(2)">'
+
+
+def test_text_from_data_models_and_errors_is_escaped(sweep, browser, tmp_path):
+    """A question, an answer and a trial's error text holding markup show as text, run
+    nothing, in the dashboard and the report."""
+    out, _ = sweep
+    copy = tmp_path / "e2e"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.safetensors", "checkpoint_*"))
+    metrics_file = copy / "export" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["samples"][0]["question"] = f"Is {HOSTILE} safe?"
+    metrics["samples"][0]["tuned"] = HOSTILE_IMG
+    metrics_file.write_text(json.dumps(metrics))
+    # One trial failed with an error message that quotes markup from the data.
+    state_file = sorted(copy.glob("experiment_state-*.json"))[-1]
+    state = json.loads(state_file.read_text())
+    trial = json.loads(state["trial_data"][0][0])
+    trial["status"] = "ERROR"
+    state["trial_data"][0][0] = json.dumps(trial)
+    state_file.write_text(json.dumps(state))
+    (copy / f"trial_{trial['trial_id']}" / "error.txt").write_text(f"ValueError: {HOSTILE_IMG}")
+
+    report = tmp_path / "report.html"
+    assert subprocess.run([MEDTUNE, "report", str(copy), "--out", str(report)]).returncode == 0
+    proc, url = start_dashboard(copy)
+    try:
+        for where in (url, report.as_uri()):
+            p = Page(browser)
+            try:
+                p.page.goto(where)
+                p.page.wait_for_timeout(300)
+                assert p.dialogs == []
+                assert p.page.locator("script").count() == 1  # the page's own
+                assert p.page.locator("#samples img, #errors img").count() == 0
+                assert HOSTILE in p.page.text_content("#samples")
+                assert HOSTILE_IMG in p.page.text_content("#samples")
+                assert HOSTILE_IMG in p.page.text_content("#errors")
+                status = p.page.get_attribute(
+                    f'#trials tr[data-trial="{trial["trial_id"]}"]', "data-status"
+                )
+                assert status == "errored"
+            finally:
+                p.close()
+    finally:
+        stop(proc)
+
+
+def test_report_and_dashboard_refuse_bad_input(tmp_path):
+    not_results = tmp_path / "nothing"
+    not_results.mkdir()
+    for args in (
+        ["report", str(not_results)],
+        ["dashboard", str(not_results), "--port", "0"],
+        ["dashboard", str(tmp_path), "--port", "70000"],
+    ):
+        done = subprocess.run([MEDTUNE, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("medtune: error: "), done.stderr
+    assert list(not_results.iterdir()) == []
+
+
+def test_asha_rungs_match_rays_scheduler():
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tune.sweep_state import asha_rungs
+
+    for max_t, grace, rf in ((4, 1, 2), (8, 1, 2), (9, 1, 3), (10, 2, 2), (4, 4, 2), (27, 1, 3)):
+        ray_rungs = sorted(
+            m
+            for m, _ in ASHAScheduler(max_t=max_t, grace_period=grace, reduction_factor=rf)
+            ._brackets[0]
+            ._rungs
+            if m < max_t
+        )
+        assert asha_rungs(max_t, grace, rf) == ray_rungs, (max_t, grace, rf)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
