@@ -13,7 +13,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.medtune-installed
 ARGS ?=
 
-.PHONY: install sweep test lint bench clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: install browser sweep test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +31,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The dashboard's browser tests drive Debian's headless Chromium: installed here when missing
+# and this is a root shell with apt-get; otherwise those tests skip and say why.
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; }; } || \
+	  echo "note: $(CHROMIUM) is missing and cannot be installed here; browser tests will skip"
+
 sweep: install
 	$(BIN)/medtune sweep $(ARGS)
 
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 

@@ -8,6 +8,7 @@ no console errors, escaped text, and the static report must open from file:// of
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -188,6 +189,8 @@ def test_dashboard_follows_a_running_sweep(model_cache, page, tmp_path):
         "train.per_device_batch_size=2",
         "resources.max_concurrent_trials=1",
         "run.name=live",
+        # Ray Tune's MLflow callback rides along: one MLflow run per trial, checked below.
+        f"run.mlflow_uri=sqlite:///{tmp_path}/mlflow.db",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     sweep_proc = subprocess.Popen(
@@ -226,6 +229,15 @@ def test_dashboard_follows_a_running_sweep(model_cache, page, tmp_path):
         if dashboard is not None:
             stop(dashboard)
     assert page.errors == [], page.errors
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("live").experiment_id])
+    assert len(runs) == 2
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "eval_loss")
+        assert len(history) == 8 and all(math.isfinite(m.value) for m in history)
 
 
 HOSTILE = "<script>alert(1)</script>"
