@@ -114,17 +114,23 @@ def load_space(name_or_path: str) -> SearchSpace:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise SearchSpaceError(f"search.space={path}: not valid YAML ({e}); fix the file") from e
+        detail = " ".join(str(e).split())
+        raise SearchSpaceError(
+            f"search.space={path}: not valid YAML ({detail}); fix the file"
+        ) from e
     if not isinstance(raw, dict) or not raw:
         raise SearchSpaceError(
             f"search.space={path}: expected a mapping of hyperparameter -> distribution, "
-            f"got {type(raw).__name__}"
+            f"got {type(raw).__name__}; write e.g. `lora_r: {{type: choice, values: [8, 16]}}`"
         )
     try:
         return SearchSpace.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(_describe(err) for err in e.errors())
-        raise SearchSpaceError(f"search.space={path}: {problems}") from None
+        raise SearchSpaceError(
+            f"search.space={path}: {problems}; fix the file, or pass a shipped space "
+            f"({', '.join(available_spaces())})"
+        ) from None
 
 
 def _locate(name_or_path: str) -> Path:
@@ -154,4 +160,6 @@ def _describe(err: dict) -> str:
         str(p) for p in err["loc"] if p not in ("uniform", "loguniform", "int", "choice")
     )
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] != "value_error" and not isinstance(err.get("input"), dict):
+        msg = f"got {err.get('input')!r}; {msg[0].lower()}{msg[1:]}"
     return f"{loc}: {msg}" if loc else msg

@@ -95,6 +95,7 @@ def check_model(cfg: ModelConfig) -> None:
                 f"model.name={name}: the folder has no config.json; save the model there with "
                 "save_pretrained() or give a hub id"
             )
+        _check_local_folder(Path(name).expanduser(), cfg)
         return
     import huggingface_hub
     from huggingface_hub.errors import RepositoryNotFoundError
@@ -113,6 +114,33 @@ def check_model(cfg: ModelConfig) -> None:
             f"model.name={name}: not a built-in or local model and the Hugging Face hub "
             f"cannot be reached ({type(e).__name__}); offline, use {hint}"
         ) from e
+
+
+def _check_local_folder(folder: Path, cfg: ModelConfig) -> None:
+    """Refuse before any trial what every trial would refuse: pickle-only weights, or code
+    the config asks to run (`auto_map`) without model.trust_remote_code."""
+    import json
+
+    if not any(folder.glob("*.safetensors")):
+        found = sorted(p.name for p in folder.glob("*.bin")) or "no weights"
+        raise ModelError(
+            f"model.name={cfg.name}: no .safetensors weights (found {found}); medtune loads "
+            "safetensors only, since pickle files can run code: re-save the model with "
+            "save_pretrained(safe_serialization=True)"
+        )
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(
+            f"model.name={cfg.name}: config.json is not valid JSON ({e}); save the model "
+            "again with save_pretrained()"
+        ) from e
+    if isinstance(config, dict) and config.get("auto_map") and not cfg.trust_remote_code:
+        raise ModelError(
+            f"model.name={cfg.name}: config.json maps to custom code ({config['auto_map']}), "
+            "which runs only with model.trust_remote_code=true; set it only for code you "
+            "have read and trust"
+        )
 
 
 def prepare_model(cfg: ModelConfig) -> str:

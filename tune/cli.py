@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         if args.debug:
             raise
-        for line in str(e).splitlines():
+        from tune.redact import redact_text
+
+        for line in redact_text(str(e)).splitlines():
             print(f"medtune: error: {line}", file=sys.stderr)
         return 2
 
@@ -108,10 +110,15 @@ def _sweep(args, console: Console) -> int:
     from tune.config import ConfigError, load_config
 
     if args.resume and (args.overrides or args.config or args.overwrite):
+        extra = [
+            *(["--config"] if args.config else []),
+            *(["--overwrite"] if args.overwrite else []),
+        ]
         raise ConfigError(
             [
-                "--resume: takes no --config, --overwrite or key=value; a resumed sweep keeps "
-                f"the config saved in {args.resume / 'medtune.yaml'}"
+                f"--resume: got {' '.join(extra + args.overrides)}; a resumed sweep takes no "
+                "--config, --overwrite or key=value and keeps the config saved in "
+                f"{args.resume / 'medtune.yaml'}: drop them, or start a new sweep"
             ]
         )
     cfg = None if args.resume else load_config(args.config, args.overrides)
@@ -126,10 +133,8 @@ def _sweep(args, console: Console) -> int:
         summary = run_sweep(prep, console, overwrite=args.overwrite)
     out = args.resume.resolve() if args.resume else results_dir(cfg)
     best = summary["best"]
-    if best is None:
-        reasons = sorted({t["error"] or "no evaluation" for t in summary["trials"]})
-        print(f"medtune: every trial failed: {'; '.join(reasons)}", file=sys.stderr)
-        return 1
+    if best is None or summary["errored"] == len(summary["trials"]):
+        return _every_trial_failed(summary, out)
     metric = summary["metric"]
     console.print(
         f"\n[bold]Sweep done[/]: {len(summary['trials'])} trials, "
@@ -140,6 +145,21 @@ def _sweep(args, console: Console) -> int:
         console.print(f"Export later with: medtune export {out}")
         return 0
     return _export(out, console, None)
+
+
+def _every_trial_failed(summary: dict, out: Path) -> int:
+    """Exit 1 (2 is for bad input) with each trial's reason, one line each."""
+    trials = summary["trials"]
+    print(f"medtune: every trial of {len(trials)} failed; nothing to export", file=sys.stderr)
+    for n, t in enumerate(trials, 1):
+        reason = t["error"] or "finished without an evaluation"
+        print(f"medtune:   trial {n} ({t['trial_id']}): {reason}", file=sys.stderr)
+    print(
+        f"medtune: details in {out}/sweep_summary.json and each trial's error.txt; after a fix, "
+        f"`medtune sweep --resume {out}` retries them",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _export(results: Path, console: Console, out: Path | None) -> int:

