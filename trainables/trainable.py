@@ -31,7 +31,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from trainables.config import ModelConfig, TrainConfig
-from trainables.evaluation import answer_loss, perplexity
+from trainables.evaluation import answer_loss, decision_accuracy, perplexity
 from trainables.models import BaseWeights, load_model, lora_target_modules, model_from_weights
 from trainables.prompts import collate
 
@@ -88,7 +88,9 @@ def train_lora(
             train_dataset=data["train"],
             data_collator=partial(collate, pad_id=settings.pad_token_id),
             callbacks=[
-                _ReportToTune(data["validation"], train, settings.pad_token_id, config),
+                _ReportToTune(
+                    data["validation"], train, settings.pad_token_id, config, data.get("decisions")
+                ),
                 *callbacks,
             ],
         )
@@ -169,8 +171,16 @@ def _restore_checkpoint(work: Path) -> tuple[str | None, int]:
 class _ReportToTune(TrainerCallback):
     """Evaluate at every save and hand Tune the metrics with the checkpoint just written."""
 
-    def __init__(self, validation: list[dict], train: TrainConfig, pad_id: int, config: dict):
+    def __init__(
+        self,
+        validation: list[dict],
+        train: TrainConfig,
+        pad_id: int,
+        config: dict,
+        decisions: list[dict] | None = None,
+    ):
         self.validation, self.train, self.pad_id, self.config = validation, train, pad_id, config
+        self.decisions = decisions  # yes/no/maybe options of validation (data.task=decision)
         self.train_loss = float("nan")
         self.clock = time.perf_counter()
         self.tokens = 0
@@ -200,6 +210,12 @@ class _ReportToTune(TrainerCallback):
             # Ray's node id, not its IP: nodes on one machine share an address.
             "node_id": ray.get_runtime_context().get_node_id(),
         }
+        if self.decisions:
+            # Scored as export scores the test decisions: the most likely of the three answers.
+            scores = decision_accuracy(
+                model, self.decisions, self.pad_id, batch_size=self.train.eval_batch_size
+            )
+            metrics |= {"eval_accuracy": scores["accuracy"], "eval_macro_f1": scores["macro_f1"]}
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
         # Training throughput excludes evaluation and the checkpoint upload.

@@ -40,12 +40,23 @@ class SearchConfig(Section):
     )
     num_samples: int = Field(6, ge=1, description="Trials to run.")
     seed: int = Field(0, description="Seed of the Optuna TPE sampler.")
-    metric: Literal["eval_loss", "eval_perplexity"] = Field(
-        "eval_loss", description="Validation metric to minimize (answer tokens only)."
+    metric: Literal["eval_loss", "eval_perplexity", "eval_accuracy"] = Field(
+        "eval_loss",
+        description="Validation metric: eval_loss and eval_perplexity (answer tokens only) are "
+        "minimized; eval_accuracy (data.task=decision only: the most likely of yes/no/maybe, "
+        "as export scores it) is maximized.",
     )
     startup_trials: int = Field(
         3, ge=1, description="Random trials before TPE starts modelling the results."
     )
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        """How trials compare on `metric`: accuracy is maximized, losses minimized."""
+        return "max" if self.metric in _MAXIMIZED else "min"
+
+
+_MAXIMIZED = ("eval_accuracy",)
 
 
 class SchedulerConfig(Section):
@@ -298,6 +309,12 @@ def _cross_checks(cfg: SweepConfig) -> list[str]:
         problems.append(
             f"data.path: empty, but data.source={cfg.data.source} reads from a path; "
             "set data.path=/path/to/your/data"
+        )
+    if cfg.search.metric == "eval_accuracy" and cfg.data.task != "decision":
+        problems.append(
+            f"search.metric: got 'eval_accuracy', but data.task={cfg.data.task} (data.source="
+            f"{cfg.data.source}); validation accuracy is scored for yes/no/maybe answers only: "
+            "pass data.task=decision (data.source=pubmedqa) or search.metric=eval_loss"
         )
     if cfg.data.val_fraction + cfg.data.test_fraction >= 0.9:
         problems.append(

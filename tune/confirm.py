@@ -36,15 +36,15 @@ __all__ = ["run_confirmation", "top_configs"]
 SUMMARY = "confirm_summary.json"
 
 
-def top_configs(results: Path, metric: str, k: int) -> list[dict]:
+def top_configs(results: Path, metric: str, k: int, mode: str = "min") -> list[dict]:
     """The k distinct configurations with the best evaluation anywhere in their trial."""
-    grid = ResultGrid(ExperimentAnalysis(str(results), default_metric=metric, default_mode="min"))
+    grid = ResultGrid(ExperimentAnalysis(str(results), default_metric=metric, default_mode=mode))
     scored = []
     for result in grid:
         df = result.metrics_dataframe
         if df is not None and metric in df and df[metric].notna().any():
-            scored.append((float(df[metric].min()), result.config))
-    scored.sort(key=lambda s: s[0])
+            scored.append((float(getattr(df[metric], mode)()), result.config))
+    scored.sort(key=lambda s: s[0], reverse=mode == "max")
     seen, out = set(), []
     for score, config in scored:
         key = json.dumps(config, sort_keys=True)
@@ -61,8 +61,8 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
     cached = results / SUMMARY
     if cached.is_file():
         return json.loads(cached.read_text())
-    metric = cfg.search.metric
-    candidates = top_configs(results, metric, cfg.export.confirm_top_k)
+    metric, mode = cfg.search.metric, cfg.search.mode
+    candidates = top_configs(results, metric, cfg.export.confirm_top_k, mode)
     seeds = [cfg.train.seed + i for i in range(1, cfg.export.confirm_seeds + 1)]
     console.print(
         f"Confirming the top {len(candidates)} configurations with seeds {seeds} "
@@ -89,7 +89,7 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
         },
         tune_config=ray_tune.TuneConfig(
             metric=metric,
-            mode="min",
+            mode=mode,
             max_concurrent_trials=cfg.resources.max_concurrent_trials,
             reuse_actors=cfg.run.reuse_actors,
             trial_dirname_creator=lambda t: f"confirm_{t.trial_id}",
@@ -98,14 +98,14 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
             name="confirm",
             storage_path=str(results),
             checkpoint_config=ray_tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="min"
+                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
             ),
             failure_config=ray_tune.FailureConfig(max_failures=cfg.run.max_failures),
-            callbacks=[SweepProgress(console, metric, cfg.train.max_steps, runs)],
+            callbacks=[SweepProgress(console, metric, cfg.train.max_steps, runs, mode=mode)],
             verbose=0,
         ),
     )
-    summary = _summarize(tuner.fit(), candidates, metric, results)
+    summary = _summarize(tuner.fit(), candidates, metric, results, mode)
     cached.write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -120,13 +120,16 @@ def _confirm_trial(config: dict, *, candidates: list[dict], settings, data, weig
     )
 
 
-def _summarize(grid: ResultGrid, candidates: list[dict], metric: str, results: Path) -> dict:
+def _summarize(
+    grid: ResultGrid, candidates: list[dict], metric: str, results: Path, mode: str = "min"
+) -> dict:
+    pick = min if mode == "min" else max
     for c in candidates:
         c["runs"] = []
     for result in grid:
         if result.error or not result.best_checkpoints:
             continue
-        checkpoint, m = min(result.best_checkpoints, key=lambda cm: cm[1][metric])
+        checkpoint, m = pick(result.best_checkpoints, key=lambda cm: cm[1][metric])
         candidates[result.config["candidate"]]["runs"].append(
             {
                 "seed": result.config["seed"],
@@ -143,6 +146,12 @@ def _summarize(grid: ResultGrid, candidates: list[dict], metric: str, results: P
     ranked = [i for i, c in enumerate(candidates) if c["mean"] is not None]
     if not ranked:
         raise UserError(f"{results}: every confirmation run failed; see {results / 'confirm'}")
-    chosen = min(ranked, key=lambda i: candidates[i]["mean"])
-    best_run = min(candidates[chosen]["runs"], key=lambda r: r["best"])
-    return {"metric": metric, "candidates": candidates, "chosen": chosen, "best_run": best_run}
+    chosen = pick(ranked, key=lambda i: candidates[i]["mean"])
+    best_run = pick(candidates[chosen]["runs"], key=lambda r: r["best"])
+    return {
+        "metric": metric,
+        "mode": mode,
+        "candidates": candidates,
+        "chosen": chosen,
+        "best_run": best_run,
+    }

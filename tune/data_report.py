@@ -125,7 +125,7 @@ def data_summary(
         "overlap": {f"{a}/{b}": _overlap(splits[a], splits[b]) for a, b in _PAIRS},
         "near_duplicate_threshold": NEAR_DUPLICATE,
         "fingerprint": fingerprint(r for name in SPLITS for r in splits[name]),
-        "token_cache": str(Path(next(iter(cache_files))).parent) if cache_files else None,
+        "tokens_cache_dir": str(Path(next(iter(cache_files))).parent) if cache_files else None,
         "tokens_from_cache": all(e.from_cache for e in encoded.values()),
     }
 
@@ -230,9 +230,9 @@ def _print_report(report: dict, console: Console) -> None:
     )
     dropped = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in report["dropped"].items())
     out(f"Records: {report['records_read']} read, {report['records_kept']} kept; dropped {dropped}")
-    if report["token_cache"]:
+    if report["tokens_cache_dir"]:
         how = "read from the cache" if report["tokens_from_cache"] else "encoded now and cached"
-        out(f"Tokens: {how} in {escape(report['token_cache'])}")
+        out(f"Tokens: {how} in {escape(report['tokens_cache_dir'])}")
     columns = ("records", "groups", "p50", "p95", "max", "truncated", "context cut")
     out("\n" + f"{'split':<12}" + "".join(f"{c:>12}" for c in columns) + "  (lengths in tokens)")
     for name, s in report["splits"].items():

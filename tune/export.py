@@ -32,9 +32,9 @@ from trainables.evaluation import (
     rouge,
 )
 from trainables.models import load_model, load_tokenizer, prepare_model
-from trainables.prompts import encode_records
 from tune.config import SweepConfig, load_saved_config
 from tune.confirm import run_confirmation
+from tune.data_report import encode_splits
 from tune.errors import UserError
 from tune.model_card import write_model_card
 
@@ -45,9 +45,12 @@ PROMPT_FILE = "medtune_prompt.json"
 MANIFEST = "checksums.sha256"
 
 
-def best_checkpoint(results: Path, metric: str) -> tuple[Path, dict]:
-    """The checkpoint of the best evaluation across every trial and its metrics."""
-    analysis = ExperimentAnalysis(str(results), default_metric=metric, default_mode="min")
+def best_checkpoint(results: Path, metric: str, mode: str = "min") -> tuple[Path, dict]:
+    """The checkpoint of the best evaluation across every trial and its metrics.
+
+    `mode` is "min" for losses, "max" for eval_accuracy (`SearchConfig.mode`).
+    """
+    analysis = ExperimentAnalysis(str(results), default_metric=metric, default_mode=mode)
     candidates = [
         (Path(ckpt.path), m)
         for result in ResultGrid(analysis)
@@ -59,7 +62,8 @@ def best_checkpoint(results: Path, metric: str) -> tuple[Path, dict]:
             f"{results}: no trial reported a checkpoint; the sweep failed or has not reached "
             "its first evaluation (see sweep_summary.json and the trial error files)"
         )
-    return min(candidates, key=lambda c: c[1][metric])
+    pick = min if mode == "min" else max
+    return pick(candidates, key=lambda c: c[1][metric])
 
 
 def export_best(results: Path, console: Console, *, out: Path | None = None) -> dict:
@@ -82,7 +86,7 @@ def export_best(results: Path, console: Console, *, out: Path | None = None) -> 
             cfg.search.metric: run["best"],
         }
     else:
-        checkpoint, best = best_checkpoint(results, cfg.search.metric)
+        checkpoint, best = best_checkpoint(results, cfg.search.metric, cfg.search.mode)
     console.print(
         f"Chosen: trial {best['trial_id']} at step {best['step']} "
         f"({cfg.search.metric} {best[cfg.search.metric]:.4f}), checkpoint {checkpoint}"
@@ -92,7 +96,8 @@ def export_best(results: Path, console: Console, *, out: Path | None = None) -> 
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     model = load_model(model_path, trust_remote_code=cfg.model.trust_remote_code)
 
-    examples, _ = encode_records(tokenizer, test, cfg.data.max_length, cfg.data.system_prompt)
+    # From the token cache the sweep filled (same test split, tokenizer and settings).
+    examples = encode_splits(cfg, tokenizer, {"test": test})["test"].examples
     samples = test[: cfg.export.generate_samples]
     with console.status("Scoring the base model on the test split"):
         base = _score(model, tokenizer, examples, samples, test, cfg)

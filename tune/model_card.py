@@ -24,7 +24,7 @@ _DATASETS = {
 
 def write_model_card(path: Path, metrics: dict, results: Path) -> None:
     cfg = yaml.safe_load((results / "medtune.yaml").read_text())
-    data = json.loads((results / "data" / "summary.json").read_text())
+    data = json.loads((results / "data.json").read_text())
     sweep_file = results / "sweep_summary.json"
     sweep = json.loads(sweep_file.read_text()) if sweep_file.is_file() else {}
     space = yaml.safe_load((results / "search_space.yaml").read_text())

@@ -28,8 +28,11 @@ def format_params(config: dict) -> str:
 class SweepProgress(Callback):
     """Prints trial starts, evaluations, early stops, completions and errors."""
 
-    def __init__(self, console: Console, metric: str, max_steps: int, num_samples: int):
+    def __init__(
+        self, console: Console, metric: str, max_steps: int, num_samples: int, mode: str = "min"
+    ):
         self.console, self.metric, self.max_steps = console, metric, max_steps
+        self.mode = mode  # "max" for eval_accuracy: the best is the highest
         self.num_samples = num_samples
         self.started = 0
         self.numbers: dict[str, int] = {}
@@ -62,7 +65,7 @@ class SweepProgress(Callback):
         last = trial.last_result or {}
         step = last.get("step", 0)
         how = "finished" if step >= self.max_steps else "stopped early by the scheduler"
-        best = trial.metric_analysis.get(self.metric, {}).get("min")
+        best = trial.metric_analysis.get(self.metric, {}).get(getattr(self, "mode", "min"))
         best_text = f", best {self.metric} {best:.4f}" if best is not None else ""
         self.console.print(f"[green]✓ {self._name(trial)}[/] {how} at step {step}{best_text}")
 

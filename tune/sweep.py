@@ -14,7 +14,7 @@ import json
 import logging
 import platform
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -31,17 +31,17 @@ from search_spaces import SearchSpace, load_space
 from trainables.data import (
     DataError,
     Record,
-    fingerprint,
     read_jsonl,
     shared_between,
     split_records,
     write_jsonl,
 )
 from trainables.data import load_records as read_records
+from trainables.evaluation import encode_decisions
 from trainables.models import BaseWeights, base_weights, load_tokenizer, prepare_model
-from trainables.prompts import encode_records
 from trainables.trainable import TrialSettings, train_lora
 from tune.config import SweepConfig, load_saved_config
+from tune.data_report import data_summary, encode_splits
 from tune.errors import UserError
 from tune.progress import SweepProgress
 
@@ -71,6 +71,7 @@ class PreparedSweep:
     splits: dict[str, list[Record]]
     encoded: dict[str, list[dict]]
     data_summary: dict
+    decisions: list[dict] = field(default_factory=list)  # data.task=decision: eval_accuracy
 
 
 def results_dir(cfg: SweepConfig) -> Path:
@@ -98,35 +99,21 @@ def prepare_sweep(cfg: SweepConfig, console: Console, *, overwrite: bool = False
     with console.status(f"Preparing model {cfg.model.name} (converted once, then cached)"):
         model_path = prepare_model(cfg.model)
         tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    encoded, token_stats = {}, {}
-    for name, split in splits.items():
-        encoded[name], token_stats[name] = encode_records(
-            tokenizer, split, cfg.data.max_length, cfg.data.system_prompt
-        )
-        if not encoded[name]:
+    tokens = encode_splits(cfg, tokenizer, splits)
+    for name, split in tokens.items():
+        if not split.examples:
             raise DataError(
                 f"data.max_length={cfg.data.max_length}: every {name} question is too long to "
                 "leave room for an answer; raise data.max_length"
             )
-    summary = {
-        "source": cfg.data.source,
-        "path": cfg.data.path,
-        "records_read": report.read,
-        "dropped": dict(report.dropped),
-        "fingerprint": fingerprint(r for s in splits.values() for r in s),
-        "splits": {
-            name: {
-                "records": len(split),
-                "groups": len({r.group for r in split}),
-                "examples": len(encoded[name]),
-                "truncated": token_stats[name]["truncated"],
-                "dropped_too_long": token_stats[name]["too_long"],
-                "fingerprint": fingerprint(split),
-            }
-            for name, split in splits.items()
-        },
-    }
-    return PreparedSweep(cfg, space, model_path, tokenizer.pad_token_id, splits, encoded, summary)
+    summary = data_summary(cfg, report, splits, tokens)
+    encoded = {name: split.examples for name, split in tokens.items()}
+    how = "read from the cache" if summary["tokens_from_cache"] else "encoded and cached"
+    console.print(f"Tokens {how} in {escape(str(summary['tokens_cache_dir']))}")
+    decisions = _decisions(cfg, tokenizer, splits["validation"])
+    return PreparedSweep(
+        cfg, space, model_path, tokenizer.pad_token_id, splits, encoded, summary, decisions
+    )
 
 
 def _check_leakage(splits: dict[str, list[Record]], cfg: SweepConfig, console: Console) -> None:
@@ -186,7 +173,7 @@ def _write_inputs(prep: PreparedSweep, out: Path) -> None:
     (out / "search_space.yaml").write_text(yaml.safe_dump(prep.space.describe(), sort_keys=False))
     for name, split in prep.splits.items():
         write_jsonl(split, out / "data" / f"{name}.jsonl")
-    (out / "data" / "summary.json").write_text(json.dumps(prep.data_summary, indent=2))
+    (out / "data.json").write_text(json.dumps(prep.data_summary, indent=2, ensure_ascii=False))
     env = {p: _version(p) for p in _PACKAGES}
     env |= {"python": platform.python_version(), "machine": platform.machine()}
     (out / "environment.json").write_text(json.dumps(env, indent=2))
@@ -238,17 +225,28 @@ def saved_training_data(results: Path, cfg: SweepConfig) -> tuple[str, int, dict
     """Model path, pad id and tokenized train/validation from the splits a sweep wrote."""
     model_path = prepare_model(cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    data = {
-        name: encode_records(
-            tokenizer,
-            read_jsonl(results / "data" / f"{name}.jsonl"),
-            cfg.data.max_length,
-            cfg.data.system_prompt,
-        )[0]
-        for name in ("train", "validation")
+    splits = {
+        name: read_jsonl(results / "data" / f"{name}.jsonl") for name in ("train", "validation")
     }
+    # The sweep cached these tokens: export, confirmation and resume read them back.
+    data = {name: s.examples for name, s in encode_splits(cfg, tokenizer, splits).items()}
     data["validation"] = data["validation"][: cfg.train.eval_max_examples]
+    if decisions := _decisions(cfg, tokenizer, splits["validation"]):
+        data["decisions"] = decisions
     return model_path, tokenizer.pad_token_id, data
+
+
+def _decisions(cfg: SweepConfig, tokenizer, validation: list[Record]) -> list[dict]:
+    """data.task=decision: the yes/no/maybe options of the validation records a trial scores
+    for eval_accuracy (capped like validation, by train.eval_max_examples)."""
+    if cfg.data.task != "decision":
+        return []
+    return encode_decisions(
+        tokenizer,
+        validation[: cfg.train.eval_max_examples],
+        max_length=cfg.data.max_length,
+        system_prompt=cfg.data.system_prompt,
+    )
 
 
 def resume_sweep(results: Path, console: Console) -> tuple[SweepConfig, dict]:
@@ -292,10 +290,12 @@ def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:
 
 def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.Tuner:
     cfg = prep.cfg
-    metric, mode = cfg.search.metric, "min"
+    metric, mode = cfg.search.metric, cfg.search.mode
     settings = trial_settings(cfg, prep.model_path, prep.pad_token_id)
     limit = cfg.train.eval_max_examples
     data = {"train": prep.encoded["train"], "validation": prep.encoded["validation"][:limit]}
+    if prep.decisions:
+        data["decisions"] = prep.decisions
     trainable = _trainable(cfg, settings, data)
     searcher = OptunaSearch(
         space=prep.space.to_optuna(),
@@ -335,14 +335,18 @@ def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.T
                 checkpoint_score_order=mode,
             ),
             failure_config=ray_tune.FailureConfig(max_failures=cfg.run.max_failures),
-            callbacks=[SweepProgress(console, metric, cfg.train.max_steps, cfg.search.num_samples)],
+            callbacks=[
+                SweepProgress(
+                    console, metric, cfg.train.max_steps, cfg.search.num_samples, mode=mode
+                )
+            ],
             verbose=0,
         ),
     )
 
 
 def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
-    metric = cfg.search.metric
+    metric, mode = cfg.search.metric, cfg.search.mode
     trials = []
     for result in grid:
         df = result.metrics_dataframe
@@ -355,7 +359,7 @@ def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
                 "error": str(result.error).strip().splitlines()[-1] if result.error else None,
                 "evaluations": int(len(df)) if has else 0,
                 "last_step": int(df["step"].iloc[-1]) if has else 0,
-                f"best_{metric}": float(df[metric].min()) if has else None,
+                f"best_{metric}": float(getattr(df[metric], mode)()) if has else None,
                 "seconds": float(result.metrics.get("time_total_s", 0.0))
                 if result.metrics
                 else 0.0,
@@ -365,11 +369,12 @@ def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
             }
         )
     ok = [t for t in trials if t[f"best_{metric}"] is not None]
-    best = min(ok, key=lambda t: t[f"best_{metric}"]) if ok else None
+    pick = min if mode == "min" else max
+    best = pick(ok, key=lambda t: t[f"best_{metric}"]) if ok else None
     return {
         "name": cfg.run.name,
         "metric": metric,
-        "mode": "min",
+        "mode": mode,
         "trials": trials,
         "errored": sum(t["status"] == "error" for t in trials),
         "stopped_early": sum(

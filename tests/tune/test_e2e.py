@@ -21,7 +21,8 @@ def test_results_folder_holds_inputs_and_tune_experiment(sweep):
     assert cfg["model"]["name"] == "tiny-random"
     assert cfg["run"]["name"] == "e2e"
     assert (out / "search_space.yaml").is_file()
-    summary = json.loads((out / "data" / "summary.json").read_text())
+    summary = json.loads((out / "data.json").read_text())
+    assert len(summary["fingerprint"]) == 64 and summary["records_read"] > 0
     groups = {}
     for split in ("train", "validation", "test"):
         rows = [json.loads(x) for x in (out / "data" / f"{split}.jsonl").read_text().splitlines()]
