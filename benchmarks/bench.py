@@ -7,18 +7,32 @@ Measures in one process run, on the same model, batch, sequence length and threa
   2. a bare PyTorch LoRA loop (PEFT LoRA r=8 on q/v, AdamW, frozen base): tokens/s;
   3. one medtune trial (the real `train_lora` inside a one-trial Ray Tune run): tokens/s.
 The matmul-bound ceiling is peak / (4 x parameters) tokens/s: forward (2 FLOP per weight) and
-the input-gradient backward (2 more); LoRA's weight gradients are negligible. Results go to
-benchmarks/results/<date>-<model>.json; BENCHMARKS.md quotes them with the machine.
+the input-gradient backward (2 more); LoRA's weight gradients are negligible.
+  4. trial start-up: from the start of a trial's function to the start of its first training
+     step, with base weights and tokenized data in the object store ("warm") against a trial
+     that loads the weights from disk and tokenizes ("disk"), and one that converts the model
+     first ("convert", an empty model cache); alternating, --repeats times each;
+  5. memory: peak memory of one trial against two concurrent trials sharing the base weights
+     through the object store, and two that load their own copy ("two_disk"), sampled from
+     /proc/<pid>/smaps_rollup of the trial processes (USS: private memory; shared pages counted
+     once); alternating, --repeats times each;
+  6. levers: padding share of length-grouped vs random batches; logits at answer positions only
+     vs over the whole sequence (forward + backward time), alternating.
+Start-up, memory and levers use the demo data as the default sweep does (batch 4, 256 tokens).
+Results go to benchmarks/results/<date>-<model>.json; BENCHMARKS.md quotes them with the
+machine. `--skip` leaves parts out (e.g. --skip trial,startup).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -77,6 +91,7 @@ def medtune_trial(model_path: str, examples: list[dict], batch: int, threads: in
     from ray import tune as ray_tune
 
     from trainables.config import ModelConfig, TrainConfig
+    from trainables.models import base_weights
     from trainables.trainable import TrialSettings, train_lora
 
     steps = len(examples) // batch
@@ -103,6 +118,7 @@ def medtune_trial(model_path: str, examples: list[dict], batch: int, threads: in
                         train_lora,
                         settings=settings,
                         data={"train": examples, "validation": examples[:1]},
+                        weights=base_weights(model_path),
                     ),
                     {"cpu": threads},
                 ),
@@ -116,6 +132,315 @@ def medtune_trial(model_path: str, examples: list[dict], batch: int, threads: in
     return statistics.median(df["tokens_per_second"].iloc[1:])
 
 
+# -- 4 and 5: trial start-up and memory with the base in the object store ----------------------
+
+
+def demo_data(model_path: str, max_length: int = 256) -> dict[str, list[dict]]:
+    """The default sweep's tokenized train/validation splits (what a sweep puts in the store)."""
+    from trainables.config import DataConfig
+    from trainables.data import load_records, split_records
+    from trainables.models import load_tokenizer
+    from trainables.prompts import encode_records
+
+    cfg = DataConfig(source="demo", max_length=max_length)
+    records, _ = load_records(cfg)
+    splits = split_records(
+        records, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
+    )
+    tok = load_tokenizer(model_path)
+    return {
+        name: encode_records(tok, splits[name], max_length)[0] for name in ("train", "validation")
+    }
+
+
+def _settings(model_path: str, model: str, *, steps: int, batch: int, threads: int):
+    from trainables.config import ModelConfig, TrainConfig
+    from trainables.models import load_tokenizer
+    from trainables.trainable import TrialSettings
+
+    return TrialSettings(
+        model_path=model_path,
+        model=ModelConfig(name=model),
+        train=TrainConfig(
+            max_steps=steps,
+            eval_every=steps,
+            per_device_batch_size=batch,
+            eval_max_examples=4,
+            warmup_ratio=0.0,
+        ),
+        pad_token_id=load_tokenizer(model_path).pad_token_id,
+        cpus=threads,
+    )
+
+
+def _first_step_clock(start: float):
+    from transformers import TrainerCallback
+
+    class FirstStep(TrainerCallback):
+        seconds = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.seconds is None:
+                self.seconds = time.perf_counter() - start
+
+    return FirstStep()
+
+
+def _startup_trial(config: dict, *, refs: dict, model: str) -> None:
+    """One trial, timed from its function's start (before it fetches anything) to the start
+    of its first training step. warm: weights and data from the object store; disk: weights
+    from the cached safetensors, data tokenized here; convert: the model converted (or built)
+    into an empty cache first, then as disk."""
+    import ray
+    from ray import tune as ray_tune
+
+    from trainables.config import ModelConfig
+    from trainables.models import prepare_model
+    from trainables.trainable import train_lora
+
+    start = time.perf_counter()
+    variant = config["variant"]
+    settings = ray.get(refs["settings"])
+    with tempfile.TemporaryDirectory() as cache:
+        if variant == "warm":
+            data, weights = ray.get(refs["data"]), ray.get(refs["weights"])
+        else:
+            if variant == "convert":
+                path = prepare_model(ModelConfig(name=model, cache_dir=cache))
+                settings = dataclasses.replace(settings, model_path=path)
+            data, weights = demo_data(settings.model_path), None
+        clock = _first_step_clock(start)
+        train_lora(config, settings=settings, data=data, weights=weights, callbacks=(clock,))
+    ray_tune.report({"startup_s": clock.seconds, "variant": variant})
+
+
+def _run_tuner(trainable, param_space, *, cpus: int, concurrent: int | None = None):
+    from ray import tune as ray_tune
+
+    with tempfile.TemporaryDirectory() as tmp:
+        grid = ray_tune.Tuner(
+            ray_tune.with_resources(trainable, {"cpu": cpus}),
+            param_space=param_space,
+            tune_config=ray_tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=False),
+            run_config=ray_tune.RunConfig(storage_path=tmp, name="bench", verbose=0),
+        ).fit()
+        errors = [r.error for r in grid if r.error]
+        if errors:
+            raise RuntimeError(f"benchmark trial failed: {errors[0]}")
+        return [r.metrics for r in grid]
+
+
+LORA = {"learning_rate": 1e-4, "weight_decay": 0.0, "lora_r": 8}
+
+
+def startup(model: str, path: str, data: dict, repeats: int, threads: int) -> dict:
+    import ray
+    from ray import tune as ray_tune
+
+    from trainables.models import base_weights
+
+    settings = _settings(path, model, steps=1, batch=1, threads=threads)
+    refs = {
+        "settings": ray.put(settings),
+        "data": ray.put(data),
+        "weights": ray.put(base_weights(path)),
+    }
+    variants = ["warm", "disk", "convert"]
+    order = [v for _ in range(repeats) for v in variants]  # alternating
+    metrics = _run_tuner(
+        ray_tune.with_parameters(_startup_trial, refs=refs, model=model),
+        {**LORA, "variant": ray_tune.grid_search(order)},
+        cpus=threads,
+        concurrent=1,
+    )
+    out = {v: _spread([m["startup_s"] for m in metrics if m["variant"] == v]) for v in variants}
+    out["disk_vs_warm"] = _ratios(out["disk"]["values"], out["warm"]["values"])
+    return out
+
+
+def _memory_trial(config: dict, *, settings, data, weights, pids: str) -> None:
+    from trainables.trainable import train_lora
+
+    Path(pids, str(os.getpid())).touch()
+    train_lora(config, settings=settings, data=data, weights=weights if config["shared"] else None)
+
+
+def _rollup(pid: int) -> dict[str, int] | None:
+    """kB figures of /proc/<pid>/smaps_rollup; USS = private pages, shared = RSS - USS."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    kb = {}
+    for line in text.splitlines()[1:]:
+        key, _, value = line.partition(":")
+        kb[key] = int(value.split()[0])
+    uss = kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)
+    return {"rss": kb["Rss"], "pss": kb["Pss"], "uss": uss, "shared": kb["Rss"] - uss}
+
+
+class _Sampler(threading.Thread):
+    """Sums the trial processes' memory every 0.1 s; keeps the peaks (MiB).
+
+    footprint = sum of USS + the largest shared set: the trials' private pages plus the pages
+    they share (libraries, and the base weights in the object store) counted once."""
+
+    def __init__(self, folder: Path):
+        super().__init__(daemon=True)
+        self.folder, self.stop, self.peak = folder, threading.Event(), {}
+
+    def run(self):
+        while not self.stop.wait(0.1):
+            rows = [r for p in self.folder.iterdir() if (r := _rollup(int(p.name)))]
+            if not rows:
+                continue
+            now = {
+                "footprint": sum(r["uss"] for r in rows) + max(r["shared"] for r in rows),
+                "uss": sum(r["uss"] for r in rows),
+                "pss": sum(r["pss"] for r in rows),
+                "rss": sum(r["rss"] for r in rows),
+                "processes": len(rows),
+            }
+            for k, v in now.items():
+                self.peak[k] = max(self.peak.get(k, 0), v)
+
+    def result(self) -> dict:
+        self.stop.set()
+        self.join()
+        return {k: (v if k == "processes" else v / 1024) for k, v in self.peak.items()}
+
+
+def memory(model: str, path: str, data: dict, repeats: int, steps: int, batch: int) -> dict:
+    import ray
+    from ray import tune as ray_tune
+
+    from trainables.models import base_weights
+
+    settings = _settings(path, model, steps=steps, batch=batch, threads=1)
+    shared = {
+        "settings": ray.put(settings),
+        "data": ray.put(data),
+        "weights": ray.put(base_weights(path)),
+    }
+    runs = {"one": (1, True), "two": (2, True), "two_disk": (2, False)}
+    peaks: dict[str, list[dict]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for name, (trials, share) in runs.items():  # alternating
+            with tempfile.TemporaryDirectory() as pids:
+                sampler = _Sampler(Path(pids))
+                sampler.start()
+                try:
+                    _run_tuner(
+                        ray_tune.with_parameters(_memory_trial, pids=pids, **shared),
+                        {
+                            **LORA,
+                            "shared": share,
+                            "seed": ray_tune.grid_search(list(range(trials))),
+                        },
+                        cpus=1,
+                        concurrent=2,
+                    )
+                finally:
+                    peaks[name].append(sampler.result())
+    out: dict = {"weights_mib": base_weights(path).nbytes / 2**20, "steps": steps, "batch": batch}
+    for name in runs:
+        out[name] = {k: _spread([p.get(k, 0) for p in peaks[name]]) for k in peaks[name][0]}
+    foot = {k: [p["footprint"] for p in v] for k, v in peaks.items()}
+    out["two_vs_one"] = _ratios(foot["two"], foot["one"])
+    out["two_disk_vs_one"] = _ratios(foot["two_disk"], foot["one"])
+    return out
+
+
+# -- 6: levers -------------------------------------------------------------------------------
+
+
+def padding_share(data: list[dict], batch: int, seeds: int = 20) -> dict:
+    """Share of padded positions per batch: random order (Trainer's default sampler) against
+    HF's length-grouped sampler (`group_by_length`)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    lengths = [len(e["input_ids"]) for e in data]
+
+    def share(order: list[int]) -> float:
+        real = padded = 0
+        for i in range(0, len(order), batch):
+            chunk = [lengths[j] for j in order[i : i + batch]]
+            real, padded = real + sum(chunk), padded + max(chunk) * len(chunk)
+        return 1 - real / padded
+
+    rand, grouped = [], []
+    for seed in range(seeds):
+        g = torch.Generator().manual_seed(seed)
+        rand.append(share(torch.randperm(len(lengths), generator=g).tolist()))
+        grouped.append(
+            share(list(LengthGroupedSampler(batch, lengths=lengths, generator=g).__iter__()))
+        )
+    return {"batch": batch, "random": _spread(rand), "length_grouped": _spread(grouped)}
+
+
+def answer_logits(path: str, data: list[dict], batch: int, threads: int, repeats: int) -> dict:
+    """One LoRA training step (forward + backward) with the loss from logits at every position
+    (what the model's own loss does) against logits only where a label is scored."""
+    from peft import LoraConfig, get_peft_model
+
+    from trainables.models import load_model
+    from trainables.prompts import collate
+
+    torch.set_num_threads(threads)
+    model = get_peft_model(
+        load_model(path),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    model.train()
+    inner = model.get_base_model()
+    b = collate(data[:batch], 0)
+    labels = b["labels"][:, 1:]
+    scored = labels != -100
+
+    def full():
+        return model(**b).loss
+
+    def answers_only():
+        hidden = inner.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0]
+        logits = inner.lm_head(hidden[:, :-1][scored])
+        return torch.nn.functional.cross_entropy(logits, labels[scored])
+
+    assert torch.allclose(full(), answers_only(), rtol=1e-4)  # the same loss
+    times: dict[str, list[float]] = {"full": [], "answers_only": []}
+    for i in range(repeats + 1):
+        for name, fn in (("full", full), ("answers_only", answers_only)):
+            start = time.perf_counter()
+            fn().backward()
+            model.zero_grad(set_to_none=True)
+            if i:  # the first round is warm-up
+                times[name].append(time.perf_counter() - start)
+    positions = int(b["attention_mask"][:, 1:].sum())
+    return {
+        "batch": batch,
+        "seq_len": b["input_ids"].shape[1],
+        "scored_share": int(scored.sum()) / positions,
+        "step_s": {k: _spread(v) for k, v in times.items()},
+        "full_vs_answers_only": _ratios(times["full"], times["answers_only"]),
+    }
+
+
+def _spread(values: list[float]) -> dict:
+    return {
+        "min": min(values),
+        "median": statistics.median(values),
+        "max": max(values),
+        "values": values,
+    }
+
+
+def _ratios(a: list[float], b: list[float]) -> dict:
+    """Ratios of paired repeats (a[i] / b[i], measured next to each other)."""
+    return _spread([x / y for x, y in zip(a, b, strict=True)])
+
+
+PARTS = ("trial", "startup", "memory", "levers")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
@@ -123,8 +448,15 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=9)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=3, help="of start-up, memory, levers")
+    parser.add_argument("--mem-steps", type=int, default=2, help="training steps per memory run")
+    parser.add_argument("--mem-batch", type=int, default=4, help="batch of start-up/memory/levers")
+    parser.add_argument("--skip", default="", help=f"comma-separated parts of {PARTS} to skip")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON")
     args = parser.parse_args()
+    skip = {p for p in args.skip.split(",") if p}
+    if skip - set(PARTS):
+        parser.error(f"--skip: unknown parts {sorted(skip - set(PARTS))}; choose from {PARTS}")
 
     from trainables.config import ModelConfig
     from trainables.models import load_model, prepare_model
@@ -133,37 +465,72 @@ def main() -> None:
     base = load_model(path)
     params, vocab = sum(p.numel() for p in base.parameters()), base.config.vocab_size
     del base
-    examples = synthetic_examples(vocab, args.batch, args.seq, args.steps)
-
-    peak = matmul_gflops(args.threads)
-    ceiling = peak * 1e9 / (4 * params)
-    bare = bare_loop(path, examples, args.batch, args.threads)
-    trial = medtune_trial(path, examples, args.batch, args.threads)
-    peak_after = matmul_gflops(args.threads)
     out = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": {
             "processor": _cpu_name(),
             "cores": os.cpu_count(),
             "threads_used": args.threads,
+            "load_average_at_start": os.getloadavg(),
             "python": platform.python_version(),
-            "torch": torch.__version__,
+            **{p: _version(p) for p in ("torch", "transformers", "peft", "ray")},
         },
         "model": args.model,
         "parameters": params,
         "batch": args.batch,
         "seq_len": args.seq,
-        "matmul_gflops": [peak, peak_after],
-        "ceiling_tokens_per_s": ceiling,
-        "bare_lora_tokens_per_s": bare,
-        "medtune_trial_tokens_per_s": trial,
-        "trial_vs_bare": trial / bare,
-        "trial_vs_ceiling": trial / ceiling,
+        "repeats": args.repeats,
     }
+    if "trial" not in skip:
+        examples = synthetic_examples(vocab, args.batch, args.seq, args.steps)
+        peak = matmul_gflops(args.threads)
+        ceiling = peak * 1e9 / (4 * params)
+        bare = bare_loop(path, examples, args.batch, args.threads)
+        trial = medtune_trial(path, examples, args.batch, args.threads)
+        peak_after = matmul_gflops(args.threads)
+        out |= {
+            "matmul_gflops": [peak, peak_after],
+            "ceiling_tokens_per_s": ceiling,
+            "bare_lora_tokens_per_s": bare,
+            "medtune_trial_tokens_per_s": trial,
+            "trial_vs_bare": trial / bare,
+            "trial_vs_ceiling": trial / ceiling,
+        }
+    data = demo_data(path)
+    if {"startup", "memory"} - skip:
+        import ray
+
+        ray.init(num_cpus=max(2, args.threads), include_dashboard=False, log_to_driver=False)
+        try:
+            if "startup" not in skip:
+                out["startup_s"] = startup(args.model, path, data, args.repeats, args.threads)
+            if "memory" not in skip:
+                out["memory_mib"] = memory(
+                    args.model, path, data, args.repeats, args.mem_steps, args.mem_batch
+                )
+        finally:
+            ray.shutdown()
+    if "levers" not in skip:
+        out["levers"] = {
+            "padding_share": padding_share(data["train"], args.mem_batch),
+            "answer_logits": answer_logits(
+                path, data["train"], args.mem_batch, args.threads, args.repeats
+            ),
+        }
+    out["machine"]["load_average_at_end"] = os.getloadavg()
     name = f"{datetime.now():%Y%m%d-%H%M%S}-{args.model}.json"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / name).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import version
+
+    try:
+        return version(package)
+    except Exception:
+        return None
 
 
 def _cpu_name() -> str:

@@ -1,5 +1,10 @@
-"""`make bench` at its smallest size: it runs and produces its numbers (no timing asserted)."""
+"""`make bench` at its smallest size: it runs and produces its numbers (no timing asserted).
 
+Start-up and memory each start fresh Ray trial processes (most of a minute even for the tiny
+model), so the smoke run skips them; their memory sampler is checked here on a live process.
+"""
+
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,6 +14,13 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("medtune_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.slow
@@ -22,6 +34,10 @@ def test_bench_smoke(tmp_path, model_cache):
         "32",
         "--steps",
         "6",
+        "--repeats",
+        "1",
+        "--skip",
+        "startup,memory",
         "--out",
         str(tmp_path),
     ]
@@ -38,4 +54,26 @@ def test_bench_smoke(tmp_path, model_cache):
     for key in ("ceiling_tokens_per_s", "bare_lora_tokens_per_s", "medtune_trial_tokens_per_s"):
         assert data[key] > 0
     assert all(g > 0 for g in data["matmul_gflops"])
-    assert data["machine"]["cores"] >= 1
+    assert data["machine"]["cores"] >= 1 and data["machine"]["transformers"]
+    levers = data["levers"]
+    assert 0 < levers["answer_logits"]["scored_share"] < 1  # the prompt is not scored
+    assert all(t > 0 for t in levers["answer_logits"]["step_s"]["full"]["values"])
+    pad = levers["padding_share"]
+    assert 0 <= pad["length_grouped"]["median"] < pad["random"]["median"] < 1
+
+
+def test_memory_sampler_reads_a_live_process(tmp_path):
+    bench = _bench_module()
+    me = bench._rollup(os.getpid())
+    assert 0 < me["uss"] <= me["pss"] <= me["rss"] and me["shared"] == me["rss"] - me["uss"]
+    ballast = bytearray(64 * 2**20)  # 64 MiB of private pages, touched
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    (tmp_path / str(os.getpid())).touch()
+    sampler = bench._Sampler(tmp_path)
+    sampler.start()
+    sampler.stop.wait(0.35)
+    peak = sampler.result()
+    assert peak["processes"] == 1
+    assert peak["uss"] >= me["uss"] / 1024 + 60  # MiB: the ballast is counted as private
+    assert peak["footprint"] == pytest.approx(peak["rss"], rel=0.01)  # one process: USS + shared
+    del ballast
