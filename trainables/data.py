@@ -18,7 +18,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from trainables.config import DataConfig
@@ -60,6 +60,9 @@ class Record:
     system: str | None = None
     label: str | None = None
     split: str | None = None
+
+
+_FIELDS = tuple(f.name for f in fields(Record))
 
 
 @dataclass
@@ -235,7 +238,8 @@ def _take_groups(records: list[Record], limit: int, seed: int) -> list[Record]:
 
 
 def _as_dict(r: Record) -> dict:
-    d = asdict(r)
+    # Every field is a string or None: a shallow dict is asdict() without its deep copies.
+    d = {f: getattr(r, f) for f in _FIELDS}
     # Fields added after the first release are left out while empty, so that data without
     # them keeps the fingerprint (and the file) earlier versions wrote.
     for key in ("label", "split"):

@@ -57,10 +57,15 @@ def _xml_files(p: Path) -> Iterator[tuple[str, bytes]]:
             yield str(f), f.read_bytes()
     elif p.name.endswith((".tar.gz", ".tgz", ".tar")):
         try:
+            # Read in archive order, then sort: extracting in name order would seek backwards
+            # in the gzip stream, which decompresses it again from the start.
             with tarfile.open(p) as tar:
-                for m in sorted(tar.getmembers(), key=lambda m: m.name):
-                    if m.isfile() and m.name.endswith(".xml"):
-                        yield m.name, tar.extractfile(m).read()
+                files = [
+                    (m.name, tar.extractfile(m).read())
+                    for m in tar
+                    if m.isfile() and m.name.endswith(".xml")
+                ]
+            yield from sorted(files)
         except (tarfile.TarError, EOFError, OSError) as e:
             raise DataError(f"data.path={p}: not a readable tar archive ({e})") from e
     else:
