@@ -32,6 +32,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from trainables.config import ModelConfig, TrainConfig
 from trainables.evaluation import answer_loss, decision_accuracy, perplexity
+from trainables.faults import fault_from_env
 from trainables.models import BaseWeights, load_model, lora_target_modules, model_from_weights
 from trainables.prompts import collate
 
@@ -187,6 +188,27 @@ class _ReportToTune(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.clock, self.tokens = time.perf_counter(), state.num_input_tokens_seen
+        self.fault = fault_from_env()  # tests only (trainables/faults.py)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.fault is not None:
+            self.fault.before_step(state.global_step + 1, model)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        # Every step, before the optimizer applies it: the Trainer's logged loss averages NaN
+        # steps away (logging_nan_inf_filter), so a check of the logs alone comes too late or
+        # never. A NaN or inf loss makes the gradients NaN; fp16's loss scaler skips inf steps
+        # itself.
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if args.fp16 or not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads)
+        if not torch.isfinite(norm):
+            raise FloatingPointError(
+                f"training loss is not finite at step {state.global_step + 1} (gradient norm "
+                f"{norm.item()}); the step was not applied; learning_rate="
+                f"{self.config['learning_rate']:.3g} is likely too high"
+            )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:

@@ -44,6 +44,7 @@ from tune.config import SweepConfig, load_saved_config
 from tune.data_report import data_summary, encode_splits
 from tune.errors import UserError
 from tune.progress import SweepProgress
+from tune.redact import redact, redact_text
 
 __all__ = [
     "PreparedSweep",
@@ -85,8 +86,8 @@ def prepare_sweep(cfg: SweepConfig, console: Console, *, overwrite: bool = False
     out = results_dir(cfg)
     if out.exists() and not overwrite:
         raise UserError(
-            f"run.name={cfg.run.name}: {out} already exists; choose another run.name, or pass "
-            "--overwrite to replace it"
+            f"run.name={cfg.run.name}: {out} already exists; choose another run.name, finish "
+            f"it with `medtune sweep --resume {out}`, or pass --overwrite to replace it"
         )
     records, report = read_records(cfg.data)
     splits = split_records(
@@ -168,15 +169,16 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
 def _write_inputs(prep: PreparedSweep, out: Path) -> None:
     (out / "data").mkdir(parents=True)
     (out / "medtune.yaml").write_text(
-        yaml.safe_dump(prep.cfg.model_dump(mode="json"), sort_keys=False)
+        yaml.safe_dump(redact(prep.cfg.model_dump(mode="json")), sort_keys=False)
     )
     (out / "search_space.yaml").write_text(yaml.safe_dump(prep.space.describe(), sort_keys=False))
     for name, split in prep.splits.items():
         write_jsonl(split, out / "data" / f"{name}.jsonl")
-    (out / "data.json").write_text(json.dumps(prep.data_summary, indent=2, ensure_ascii=False))
+    data = redact(prep.data_summary)
+    (out / "data.json").write_text(json.dumps(data, indent=2, ensure_ascii=False))
     env = {p: _version(p) for p in _PACKAGES}
     env |= {"python": platform.python_version(), "machine": platform.machine()}
-    (out / "environment.json").write_text(json.dumps(env, indent=2))
+    (out / "environment.json").write_text(json.dumps(redact(env), indent=2))
 
 
 def _version(package: str) -> str | None:
@@ -353,10 +355,12 @@ def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
         has = df is not None and metric in df
         trials.append(
             {
-                "trial_id": result.metrics.get("trial_id") if result.metrics else None,
+                # A trial that failed before its first report has no metrics, only its folder.
+                "trial_id": (result.metrics or {}).get("trial_id")
+                or Path(result.path).name.removeprefix("trial_"),
                 "config": result.config,
                 "status": "error" if result.error else "completed",
-                "error": str(result.error).strip().splitlines()[-1] if result.error else None,
+                "error": _error_reason(result.error),
                 "evaluations": int(len(df)) if has else 0,
                 "last_step": int(df["step"].iloc[-1]) if has else 0,
                 f"best_{metric}": float(getattr(df[metric], mode)()) if has else None,
@@ -371,7 +375,7 @@ def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
     ok = [t for t in trials if t[f"best_{metric}"] is not None]
     pick = min if mode == "min" else max
     best = pick(ok, key=lambda t: t[f"best_{metric}"]) if ok else None
-    return {
+    summary = {
         "name": cfg.run.name,
         "metric": metric,
         "mode": mode,
@@ -384,3 +388,18 @@ def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
         "trial_seconds": sum(t["seconds"] for t in trials),
         "best": best,
     }
+    return redact(summary)  # trial errors can quote a token from the environment
+
+
+def _error_reason(error: Exception | None) -> str | None:
+    """A trial's error as one line (the exception's last line), with a fix where one is known."""
+    if error is None:
+        return None
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(error).__name__
+    if "OutOfMemoryError" in reason or "out of memory" in reason.lower():
+        reason += (
+            "; lower train.per_device_batch_size or data.max_length (raise "
+            "train.gradient_accumulation_steps to keep the batch), or give trials more memory"
+        )
+    return redact_text(reason)
