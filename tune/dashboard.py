@@ -115,7 +115,8 @@ def serve_dashboard(folder: Path, host: str, port: int, console: Console) -> Non
         console.print(
             f"[bold red]WARNING[/]: the dashboard on {host} is open to anyone who can reach "
             "this machine: it has no authentication. Put it behind an SSH tunnel or an "
-            "authenticating proxy (see docs/security.md)."
+            "authenticating proxy (see docs/security.md).",
+            soft_wrap=True,
         )
     server = ThreadingHTTPServer((host, port), _handler(folder))
     url = f"http://{host}:{server.server_address[1]}/"

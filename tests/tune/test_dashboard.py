@@ -304,6 +304,25 @@ def test_report_and_dashboard_refuse_bad_input(tmp_path):
     assert list(not_results.iterdir()) == []
 
 
+def test_dashboard_binds_loopback_unless_told_and_then_warns(sweep):
+    out, _ = sweep
+    proc = subprocess.Popen(
+        [MEDTUNE, "dashboard", str(out), "--port", "0", "--host", "0.0.0.0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        warning, served = proc.stdout.readline(), proc.stdout.readline()
+    finally:
+        stop(proc)
+    assert "WARNING" in warning and "no authentication" in warning, warning
+    assert "http://0.0.0.0:" in served
+    proc, url = start_dashboard(out)  # the default
+    stop(proc)
+    assert url.startswith("http://127.0.0.1:")
+
+
 def test_asha_rungs_match_rays_scheduler():
     from ray.tune.schedulers import ASHAScheduler
 
