@@ -6,6 +6,8 @@
     medtune export results/<name>
     medtune generate results/<name>/export ["question"]
     medtune serve results/<name>/export [--port N]
+    medtune dashboard results/<name> [--port N]
+    medtune report results/<name> [--out FILE]
 
 Bad input prints one line per problem (`medtune: error: ...`) and exits 2 before anything is
 written; `--debug` shows the traceback instead.
@@ -70,6 +72,21 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="bind address; anything but loopback warns"
     )
     serve.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    dashboard = sub.add_parser("dashboard", help="watch or inspect a sweep in the browser")
+    dashboard.add_argument("results", type=Path, help="the sweep's folder, e.g. results/<name>")
+    dashboard.add_argument(
+        "--port", type=int, default=8266, help="default 8266 (next to Ray's 8265); 0: any free"
+    )
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="bind address; anything but loopback warns"
+    )
+    dashboard.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    report = sub.add_parser("report", help="write the dashboard as one self-contained HTML file")
+    report.add_argument("results", type=Path, help="the sweep's folder, e.g. results/<name>")
+    report.add_argument("--out", type=Path, help="default: results/<name>/report.html")
+    report.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -86,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             from tune.data_report import run_inspect
 
             return run_inspect(args, console)
+        if args.command in ("dashboard", "report"):
+            return _dashboard(args, console)
         if args.command in ("generate", "serve"):
             _quiet_libraries()
             if args.command == "generate":
@@ -104,6 +123,25 @@ def main(argv: list[str] | None = None) -> int:
         for line in redact_text(str(e)).splitlines():
             print(f"medtune: error: {line}", file=sys.stderr)
         return 2
+
+
+def _dashboard(args, console: Console) -> int:
+    from tune.dashboard import serve_dashboard, write_report
+    from tune.errors import UserError
+
+    if args.command == "report":
+        write_report(args.results, args.out, console)
+        return 0
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: not a TCP port; use 1-65535, or 0 for any free one")
+    try:
+        serve_dashboard(args.results, args.host, args.port, console)
+    except OSError as e:
+        raise UserError(
+            f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror}); "
+            "choose another --port, or 0 for any free one"
+        ) from None
+    return 0
 
 
 def _sweep(args, console: Console) -> int:

@@ -94,6 +94,21 @@ class RunConfig(Section):
     )
     reuse_actors: bool = Field(True, description="Reuse trial processes (halves small sweeps).")
     max_failures: int = Field(0, ge=0, description="Retries of a failed trial from its checkpoint.")
+    mlflow_uri: str | None = Field(
+        None,
+        description="Also log every trial to MLflow (Ray Tune's MLflowLoggerCallback), e.g. "
+        "sqlite:///results/mlflow.db; needs `pip install 'medtune[mlflow]'`.",
+    )
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _mlflow_installed(cls, v: str | None) -> str | None:
+        if v and importlib.util.find_spec("mlflow") is None:
+            raise ValueError(
+                "MLflow is not installed; run `pip install 'medtune[mlflow]'`, or leave "
+                "run.mlflow_uri empty"
+            )
+        return v
 
     @field_validator("name")
     @classmethod

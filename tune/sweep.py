@@ -340,11 +340,25 @@ def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.T
             callbacks=[
                 SweepProgress(
                     console, metric, cfg.train.max_steps, cfg.search.num_samples, mode=mode
-                )
+                ),
+                *_mlflow_callback(cfg),
             ],
             verbose=0,
         ),
     )
+
+
+def _mlflow_callback(cfg: SweepConfig) -> list:
+    """Ray Tune's own MLflow logger when `run.mlflow_uri` is set: one MLflow run per trial."""
+    if not cfg.run.mlflow_uri:
+        return []
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    return [
+        MLflowLoggerCallback(
+            tracking_uri=cfg.run.mlflow_uri, experiment_name=cfg.run.name, save_artifact=False
+        )
+    ]
 
 
 def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
