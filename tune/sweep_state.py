@@ -141,7 +141,7 @@ def read_sweep(folder: Path) -> SweepState:
             "writes, e.g. results/<run.name>"
         )
     cfg = load_saved_config(folder)
-    mode = _mode(cfg)
+    mode = cfg.search.mode
     evaluations = cfg.evaluations
     rungs = (
         asha_rungs(evaluations, cfg.scheduler.grace_period, cfg.scheduler.reduction_factor)
@@ -208,13 +208,6 @@ def state_version(folder: Path) -> float:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _mode(cfg: SweepConfig) -> str:
-    mode = getattr(cfg.search, "mode", None)
-    if mode in ("min", "max"):
-        return mode
-    return "max" if cfg.search.metric.endswith("accuracy") else "min"
 
 
 def _tune_statuses(folder: Path) -> dict[str, tuple[str, dict]]:
