@@ -52,6 +52,7 @@ class EncodedSplit:
     too_long: int = 0
     from_cache: bool = False
     cache_file: str | None = field(default=None, compare=False)
+    fingerprint: str | None = field(default=None, compare=False)  # of the records encoded
 
 
 def encode_split(
@@ -103,27 +104,33 @@ def encode_split_cached(
     """
     if cache_dir is None:
         return encode_split(tokenizer, records, max_length, system_prompt)
-    key = token_cache_key(tokenizer, records, max_length, system_prompt)
+    records_fingerprint = fingerprint(records)
+    key = token_cache_key(tokenizer, records, max_length, system_prompt, records_fingerprint)
     path = Path(cache_dir) / f"{key}.npz"
     split = _read(path)
     if split is None:
         split = encode_split(tokenizer, records, max_length, system_prompt)
         _write(path, split)
-    split.cache_file = str(path)
+    split.cache_file, split.fingerprint = str(path), records_fingerprint
     return split
 
 
 def token_cache_key(
-    tokenizer, records: list[Record], max_length: int, system_prompt: str | None
+    tokenizer,
+    records: list[Record],
+    max_length: int,
+    system_prompt: str | None,
+    records_fingerprint: str | None = None,
 ) -> str:
-    """sha256 over everything that changes the tokens of `records`."""
+    """sha256 over everything that changes the tokens of `records` (whose `fingerprint` may
+    be given when already known)."""
     code = hashlib.sha256()
     for module in (prompts.__file__, __file__):
         code.update(Path(module).read_bytes())
     parts = {
         "format": _FORMAT,
         "code": code.hexdigest(),
-        "records": fingerprint(records),
+        "records": records_fingerprint or fingerprint(records),
         "tokenizer": _tokenizer_fingerprint(tokenizer),
         "max_length": max_length,
         "system_prompt": system_prompt,

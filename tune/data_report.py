@@ -172,7 +172,7 @@ def _split_stats(records: list[Record], encoded: EncodedSplit) -> dict:
         "truncated": encoded.truncated,
         "context_cut": encoded.context_cut,
         "too_long": encoded.too_long,
-        "fingerprint": fingerprint(records),
+        "fingerprint": encoded.fingerprint or fingerprint(records),
         "tokens_from_cache": encoded.from_cache,
     }
     labels = Counter(r.label for r in records if r.label)
