@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
         path=None if args.source == "demo" else args.path,
         max_length=args.max_length,
     )
+    if data.path and not data.path.startswith("hub:") and not Path(data.path).exists():
+        parser.exit(
+            2,
+            f"data_bench: --path {data.path}: no such file; the MedQuAD tree lives in "
+            "../shared/data (pass --path to yours, or --source demo for the demo set)\n",
+        )
     model_path = prepare_model(ModelConfig(name=args.model))  # converted once, not timed
     start = time.perf_counter()
     tokenizer = load_tokenizer(model_path)
