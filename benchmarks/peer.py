@@ -436,6 +436,7 @@ def summarize(runs: list[dict], sides: list[str]) -> dict:
         "peak_rss_bytes",
         "disk_checkpoint_bytes",
         "disk_total_bytes",
+        "tree_cpu_s",
         "other_cpu_s",
     )
     out: dict = {
@@ -452,6 +453,8 @@ def summarize(runs: list[dict], sides: list[str]) -> dict:
         ratio = {
             "wall_time": [rep[a]["wall_s"] / rep[b]["wall_s"] for rep in reps],
             "steps": [rep[a]["steps_trained"] / rep[b]["steps_trained"] for rep in reps],
+            # CPU seconds the run's own process tree used: less sensitive to other load.
+            "cpu_seconds": [rep[a]["tree_cpu_s"] / rep[b]["tree_cpu_s"] for rep in reps],
             "peak_pss": [rep[a]["peak_pss_bytes"] / rep[b]["peak_pss_bytes"] for rep in reps],
             "disk_checkpoints": [
                 rep[a]["disk_checkpoint_bytes"] / max(1, rep[b]["disk_checkpoint_bytes"])
@@ -491,7 +494,19 @@ def main(argv: list[str] | None = None, default_sides: str = "peer,asha") -> dic
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON")
     parser.add_argument("--name", default="peer", help="JSON file name part")
     parser.add_argument("--keep", action="store_true", help="keep every run's folder")
+    parser.add_argument(
+        "--resummarize",
+        type=Path,
+        help="recompute the summary of a results JSON from its runs (e.g. an interrupted one)",
+    )
     args = parser.parse_args(argv)
+    if args.resummarize:
+        out = json.loads(args.resummarize.read_text())
+        out["summary"] = summarize(out["runs"], out["sides"])
+        out["repeats_completed"] = sorted({r["repeat"] for r in out["runs"]})
+        args.resummarize.write_text(json.dumps(out, indent=2, default=str))
+        print(json.dumps(out["summary"], indent=2))
+        return out
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     if bad := [s for s in sides if s not in SIDES]:
         parser.error(f"--sides: unknown {bad}; choose from {SIDES}")

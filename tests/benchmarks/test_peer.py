@@ -1,0 +1,66 @@
+"""benchmarks/peer.py and asha.py at their smallest size: they run and produce their numbers.
+
+One process run of the three sides (the peer's `Trainer.hyperparameter_search`, medtune with
+ASHA, medtune with FIFO) on tiny-random, 2 trials of 4 steps, all joining the session's one
+Ray instead of starting three. No timing is asserted.
+"""
+
+import importlib.util
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load_peer():
+    spec = importlib.util.spec_from_file_location("bench_peer", BENCH / "peer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_peer_and_asha_benchmarks_produce_their_numbers(tmp_path, model_cache, ray_2_cpus):
+    import ray
+
+    out = _load_peer().main(
+        [
+            "--model=tiny-random",
+            "--trials=2",
+            "--steps=4",
+            "--eval-every=2",
+            "--val-examples=4",
+            "--max-records=40",
+            "--repeats=1",
+            "--sides=peer,asha,fifo",
+            f"--ray-address={ray.get_runtime_context().gcs_address}",
+            f"--out={tmp_path}",
+        ]
+    )
+    (written,) = tmp_path.glob("*-peer-tiny-random.json")
+    assert written.is_file()
+    assert out["complete"] and out["machine"]["cores"] >= 1
+    assert {r["side"] for r in out["runs"]} == {"peer", "asha", "fifo"}
+    for run in out["runs"]:
+        for key in ("wall_s", "best_val_loss", "test_loss", "peak_pss_bytes", "peak_rss_bytes"):
+            assert math.isfinite(run[key]) and run[key] > 0, (run["side"], key, run[key])
+        assert run["disk_checkpoint_bytes"] > 0
+        assert 0 < run["steps_trained"] <= 2 * 4
+        assert len(run["trials"]) == 2
+    summary = out["summary"]
+    for pair in ("peer_vs_medtune", "fifo_vs_asha"):
+        for key in ("wall_time", "steps", "peak_pss", "best_val_loss_gain"):
+            assert all(math.isfinite(v) for v in summary[pair][key]["per_repeat"]), (pair, key)
+    assert summary["fifo_vs_asha"]["steps"]["min"] >= 1  # FIFO never trains fewer steps
+
+
+def test_asha_entry_point_parses():
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "asha.py"), "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--sides" in proc.stdout
