@@ -178,6 +178,8 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
         if args.ray_address:
             cmd.append(f"ray.address={args.ray_address}")
     load0 = os.getloadavg()
+    begun = datetime.now().isoformat(timespec="seconds")
+    code = _code_version()
     with open(work / "log.txt", "w") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
@@ -190,6 +192,8 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
     run = {
         "side": side,
         "seed": seed if side != "peer" else None,
+        "started": begun,
+        "code": code,
         "wall_s": wall,
         "peak_rss_bytes": sampler.peak_rss,
         "peak_pss_bytes": sampler.peak_pss,
@@ -582,6 +586,20 @@ def _write(args, started, scorer, sides, runs, final: bool) -> tuple[dict, Path]
     path = args.out / f"{started:%Y%m%d-%H%M%S}-{args.name}-{args.model}.json"
     path.write_text(json.dumps(out, indent=2, default=str))
     return out, path
+
+
+def _code_version() -> dict:
+    """The checkout's commit and uncommitted files of medtune's packages when a run starts:
+    the CLI side imports the working tree, which may change between runs."""
+
+    def git(*cmd: str) -> str:
+        proc = subprocess.run(
+            ["git", *cmd], cwd=HERE.parent, capture_output=True, text=True, check=False
+        )
+        return proc.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "tune", "trainables", "search_spaces")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": dirty.splitlines()}
 
 
 def _cpu_name() -> str:
