@@ -22,9 +22,19 @@ _DATASETS = {
 }
 
 
+_METRIC_NOTES = {
+    "eval_loss": "answer tokens only, lower is better",
+    "eval_perplexity": "answer tokens only, lower is better",
+    "eval_accuracy": "the most likely of yes/no/maybe, higher is better",
+}
+
+
 def write_model_card(path: Path, metrics: dict, results: Path) -> None:
     cfg = yaml.safe_load((results / "medtune.yaml").read_text())
-    data = json.loads((results / "data.json").read_text())
+    data_file = results / "data.json"
+    if not data_file.is_file():  # a sweep from before data.json wrote data/summary.json
+        data_file = results / "data" / "summary.json"
+    data = json.loads(data_file.read_text())
     sweep_file = results / "sweep_summary.json"
     sweep = json.loads(sweep_file.read_text()) if sweep_file.is_file() else {}
     space = yaml.safe_load((results / "search_space.yaml").read_text())
@@ -79,7 +89,7 @@ splits. Fingerprint `{data["fingerprint"][:16]}`.
 {len(trials)} trials: {sweep.get("stopped_early", "?")} stopped early, {sweep.get("errored", "?")}
 errored, {sweep.get("steps_trained", "?")} training steps in all{compute_text}. Optuna TPE
 (seed {cfg["search"]["seed"]}), scheduler `{cfg["scheduler"]["name"]}`, metric
-`{metrics["metric"]}` on the validation split (answer tokens only).
+`{metrics["metric"]}` on the validation split ({_METRIC_NOTES.get(metrics["metric"], "")}).
 
 Search space: `{json.dumps(space)}`
 

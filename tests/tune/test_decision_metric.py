@@ -20,6 +20,7 @@ from tune.cli import main
 from tune.config import ConfigError, load_config
 from tune.confirm import top_configs
 from tune.export import best_checkpoint
+from tune.model_card import write_model_card
 from tune.sweep import prepare_sweep, run_sweep, saved_training_data
 
 
@@ -123,3 +124,35 @@ def test_data_json_is_the_inspect_report_and_export_reads_cached_tokens(accuracy
     assert second.data_summary["tokens_from_cache"] is True
     assert all(s["tokens_from_cache"] for s in second.data_summary["splits"].values())
     assert second.encoded == prep.encoded
+
+
+def test_model_card_reads_data_json_and_the_summary_of_older_sweeps(accuracy_sweep, tmp_path):
+    _, prep, summary, out, _ = accuracy_sweep
+    _, best = best_checkpoint(out, "eval_accuracy", "max")
+    scores = {"test_loss": 1.0, "accuracy": 0.5, "macro_f1": 0.4}
+    metrics = {
+        "run": "acc",
+        "metric": "eval_accuracy",
+        "best_trial": {k: best[k] for k in ("trial_id", "step", "config", "eval_accuracy")},
+        "base": scores,
+        "tuned": scores,
+        "samples": [],
+        "test_examples": 4,
+        "generated_examples": 0,
+    }
+    old = tmp_path / "old"  # the layout sweeps wrote before data.json: data/summary.json
+    (old / "data").mkdir(parents=True)
+    for name in ("medtune.yaml", "search_space.yaml", "sweep_summary.json"):
+        (old / name).write_bytes((out / name).read_bytes())
+    (old / "data" / "summary.json").write_bytes((out / "data.json").read_bytes())
+    for results in (out, old):
+        card = tmp_path / f"{results.name}.md"
+        write_model_card(card, metrics, results)
+        text = card.read_text()
+        rows = [
+            f"| {n} | {s['records']} | {s['groups']} |"
+            for n, s in prep.data_summary["splits"].items()
+        ]
+        assert all(row in text for row in rows), text
+        assert f"Fingerprint `{prep.data_summary['fingerprint'][:16]}`" in text
+        assert "(the most likely of yes/no/maybe, higher is better)" in text
