@@ -17,7 +17,8 @@ the input-gradient backward (2 more); LoRA's weight gradients are negligible.
      /proc/<pid>/smaps_rollup of the trial processes (USS: private memory; shared pages counted
      once); alternating, --repeats times each;
   6. levers: padding share of length-grouped vs random batches; logits at answer positions only
-     vs over the whole sequence (forward + backward time), alternating.
+     vs over the whole sequence: forward + backward time, alternating, and peak memory of one
+     such step in a fresh process ("logits_memory").
 Start-up, memory and levers use the demo data as the default sweep does (batch 4, 256 tokens).
 Results go to benchmarks/results/<date>-<model>.json; BENCHMARKS.md quotes them with the
 machine. `--skip` leaves parts out (e.g. --skip trial,startup).
@@ -424,6 +425,59 @@ def answer_logits(path: str, data: list[dict], batch: int, threads: int, repeats
     }
 
 
+def _logits_peak(path: str, data: list[dict], batch: int, threads: int, answers_only: bool):
+    """Peak resident memory (VmHWM, MiB) of a fresh process that loads the LoRA model and runs
+    one forward + backward with full or answer-only logits; run in a spawned child."""
+    from peft import LoraConfig, get_peft_model
+
+    from trainables.models import load_model
+    from trainables.prompts import collate
+
+    torch.set_num_threads(threads)
+    model = get_peft_model(
+        load_model(path),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    model.train()
+    b = collate(data[:batch], 0)
+    if answers_only:
+        inner = model.get_base_model()
+        labels = b["labels"][:, 1:]
+        scored = labels != -100
+        hidden = inner.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0]
+        logits = inner.lm_head(hidden[:, :-1][scored])
+        loss = torch.nn.functional.cross_entropy(logits, labels[scored])
+    else:
+        loss = model(**b).loss
+    loss.backward()
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def logits_memory(path: str, data: list[dict], batch: int, threads: int, repeats: int) -> dict:
+    """Peak memory of one training step with full vs answer-only logits, each in a fresh
+    process (alternating), on the longest examples (the worst batch a trial meets)."""
+    import multiprocessing
+
+    longest = sorted(data, key=lambda e: -len(e["input_ids"]))[:batch]
+    peaks: dict[str, list[float]] = {"full": [], "answers_only": []}
+    ctx = multiprocessing.get_context("spawn")
+    for _ in range(repeats):
+        for name in peaks:
+            with ctx.Pool(1) as pool:
+                args = (path, longest, batch, threads, name == "answers_only")
+                peaks[name].append(pool.apply(_logits_peak, args))
+    return {
+        "seq_len": max(len(e["input_ids"]) for e in longest),
+        "peak_mib": {k: _spread(v) for k, v in peaks.items()},
+        "full_minus_answers_only_mib": _spread(
+            [a - b for a, b in zip(peaks["full"], peaks["answers_only"], strict=True)]
+        ),
+    }
+
+
 def _spread(values: list[float]) -> dict:
     return {
         "min": min(values),
@@ -438,7 +492,7 @@ def _ratios(a: list[float], b: list[float]) -> dict:
     return _spread([x / y for x, y in zip(a, b, strict=True)])
 
 
-PARTS = ("trial", "startup", "memory", "levers")
+PARTS = ("trial", "startup", "memory", "levers", "logits_memory")
 
 
 def main() -> None:
@@ -517,6 +571,10 @@ def main() -> None:
                 path, data["train"], args.mem_batch, args.threads, args.repeats
             ),
         }
+    if "logits_memory" not in skip:
+        out.setdefault("levers", {})["answer_logits_memory"] = logits_memory(
+            path, data["train"], args.mem_batch, args.threads, args.repeats
+        )
     out["machine"]["load_average_at_end"] = os.getloadavg()
     name = f"{datetime.now():%Y%m%d-%H%M%S}-{args.model}.json"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ def test_bench_smoke(tmp_path, model_cache):
         "--repeats",
         "1",
         "--skip",
-        "startup,memory",
+        "startup,memory,logits_memory",
         "--out",
         str(tmp_path),
     ]
