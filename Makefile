@@ -50,8 +50,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Every benchmark, at full size (a few hours on 2 CPUs; figures in BENCHMARKS.md). The data
+# benchmark needs ../shared/data (MedQuAD); without it, it says so in one line and make goes on.
 bench: install
 	$(BIN)/python benchmarks/bench.py
+	-$(BIN)/python benchmarks/data_bench.py
+	$(BIN)/python benchmarks/peer.py --sides peer,asha,fifo --repeats 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
