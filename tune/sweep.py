@@ -150,6 +150,7 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
         shutil.rmtree(out)
     _write_inputs(prep, out)
     start_ray(cfg, console)
+    _snapshot_at_every_checkpoint()
     tuner = _build_tuner(prep, out, console)
     console.print(
         f"Sweep [bold]{cfg.run.name}[/]: {cfg.search.num_samples} trials of {cfg.model.name} on "
@@ -263,6 +264,7 @@ def resume_sweep(results: Path, console: Console) -> tuple[SweepConfig, dict]:
         )
     model_path, pad_id, data = saved_training_data(results, cfg)
     start_ray(cfg, console)
+    _snapshot_at_every_checkpoint()
     trainable = _trainable(cfg, trial_settings(cfg, model_path, pad_id), data)
     tuner = ray_tune.Tuner.restore(
         str(results), trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -273,6 +275,22 @@ def resume_sweep(results: Path, console: Console) -> tuple[SweepConfig, dict]:
     return cfg, summary
 
 
+def _snapshot_at_every_checkpoint() -> None:
+    """Have Tune save its experiment state (what `--resume` reads) after every trial
+    checkpoint. Tune saves it every 10 s at most, or once a trial has checkpointed
+    `num_to_keep` times: a driver killed in between resumed trials from an older checkpoint
+    (2 evaluation intervals re-run with the default keep of 2, tests/tune/test_resume.py),
+    and that checkpoint could already be deleted as not among the best. Now a kill loses at
+    most the report in flight. Ray 2.60's private hook (pinned in pyproject.toml)."""
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    def on_trial_checkpoint(self, trial) -> None:
+        self._should_force_sync_up = True
+        self._excessive_sync_threshold = 0  # its "snapshotting too often" warning: intended
+
+    _ExperimentCheckpointManager.on_trial_checkpoint = on_trial_checkpoint
+
+
 def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:
     """Join `ray.address`, or start Ray here with its dashboard bound to 127.0.0.1."""
     if ray.is_initialized():
@@ -281,7 +299,9 @@ def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:
     local = {"include_dashboard": cfg.ray.dashboard, "dashboard_host": "127.0.0.1"}
     # Trial stdout would drown the progress lines; Tune keeps each trial's log and error.
     context = ray.init(
-        address=cfg.ray.address or None,
+        # "local", not None: Ray would join the cluster that `ray start` last started on this
+        # machine (/tmp/ray/ray_current_cluster), someone else's on a shared machine.
+        address=cfg.ray.address or "local",
         log_to_driver=False,
         logging_level=logging.ERROR,
         **({} if cfg.ray.address else local),
