@@ -1,11 +1,24 @@
-"""The driver SIGKILLed mid-sweep, then `medtune sweep --resume`: nothing lost, nothing twice."""
+"""The driver SIGKILLed at random points, several times, each time resumed with
+`medtune sweep --resume`: at most one evaluation interval lost per trial and kill, nothing twice.
+
+Each cycle waits for the k-th evaluation its run adds (a checkpoint a trial uploaded), waits a
+seeded random part of an interval more, and SIGKILLs the driver alone; the Ray it started
+follows it (trial workers within seconds, during which an orphaned worker may upload one more
+checkpoint that no driver asked for and that no resume uses). What every trial had reported
+at the kill (its newest checkpoint: progress.csv in the results folder is Tune's view and may
+lag) is compared with where the next run resumed it, read from progress.csv
+(`iterations_since_restore` counts the reports since a run restored the trial). The figures,
+steps re-run per trial and kill, are printed (`pytest -s`) for the README.
+"""
 
 import json
 import os
 import pickle
+import random
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,73 +26,251 @@ import pytest
 from tests.tune.conftest import MEDTUNE
 
 pytestmark = pytest.mark.slow
-STEPS, SAMPLES = 40, 4
+STEPS, EVERY, SAMPLES = 30, 5, 3
+KILLS, SEED = 3, 20261125
+# Evaluations a run adds before its kill, first run then resumes, and the extra wait: up to
+# about one interval of tiny-random training, so kills land mid-interval and mid-trial.
+FIRST_EVALS, RESUMED_EVALS, MAX_DELAY_S = (2, 4), (1, 2), 0.6
+ARGS = [
+    "model.name=tiny-random",
+    "data.max_records=120",
+    "scheduler.name=fifo",
+    f"search.num_samples={SAMPLES}",
+    f"train.max_steps={STEPS}",
+    f"train.eval_every={EVERY}",
+    "train.per_device_batch_size=8",
+    "ray.dashboard=false",
+    # Tune by itself saves its experiment state once a trial has checkpointed this many
+    # times (or every 10 s), so a kill could lose that many intervals; medtune has it saved
+    # at every checkpoint (tune/sweep.py), which a keep above 2 makes this test check.
+    "run.checkpoints_to_keep=3",
+    "run.name=killed",
+]
 
 
-def _progress(out):
+def _session(sid: int) -> list[tuple[int, int]]:
+    """(pid, process group) of each live, not zombie, process of a session."""
+    procs = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgid, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue
+        if int(session) == sid and state != "Z":
+            procs.append((int(stat.parent.name), int(pgid)))
+    return procs
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL what is left of a driver's session: its own processes and no one else's."""
+    for pid, _ in _session(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def drivers():
+    """Start `medtune sweep` drivers, each in its own session (with the Ray it starts: GCS,
+    raylet, agents and trial workers); on teardown kill what is left of each session."""
+    procs = []
+
+    def start(args, cwd: Path, log: Path) -> subprocess.Popen:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env.pop("RAY_ADDRESS", None)  # our own Ray, never another's
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [MEDTUNE, "sweep", *args],
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        proc.log = log
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_session(proc.pid)
+
+
+def _checkpoint_steps(trial: Path) -> set[int]:
+    """Steps of the checkpoints a trial uploaded (skipping one caught mid-upload)."""
+    steps = set()
+    for state in trial.glob("checkpoint_*/trainer_state.json"):
+        try:
+            steps.add(json.loads(state.read_text())["global_step"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return steps
+
+
+def _progress(out: Path) -> dict[str, pd.DataFrame]:
     return {
         p.parent.name: pd.read_csv(p) for p in out.glob("trial_*/progress.csv") if p.stat().st_size
     }
 
 
-def test_killed_driver_then_resume(tmp_path, model_cache):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    args = [
-        "sweep",
-        "model.name=tiny-random",
-        "data.max_records=120",
-        "scheduler.name=fifo",
-        f"search.num_samples={SAMPLES}",
-        f"train.max_steps={STEPS}",
-        "train.eval_every=5",
-        "train.per_device_batch_size=8",
-        "run.name=killed",
-        "--no-export",
-    ]
-    proc = subprocess.Popen(
-        [MEDTUNE, *args],
-        cwd=tmp_path,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    out = tmp_path / "results" / "killed"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        done = [t for t, df in _progress(out).items() if df["step"].max() == STEPS]
-        if done:
-            break
-        assert proc.poll() is None, "the sweep ended before it could be killed"
-        time.sleep(0.2)
-    else:
-        pytest.fail("no trial finished within 300 s")
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-sweep
-    proc.wait()
-    before = _progress(out)
-    finished = {t for t, df in before.items() if df["step"].max() == STEPS}
-    assert len(finished) < SAMPLES, "every trial finished before the kill"
+def _reported(out: Path) -> dict[str, int]:
+    """Each trial's last reported step: its newest checkpoint or progress row."""
+    rows = _progress(out)
+    last = {}
+    for trial in out.glob("trial_*"):
+        steps = _checkpoint_steps(trial)
+        if trial.name in rows:
+            steps |= set(rows[trial.name]["step"])
+        last[trial.name] = max(steps, default=0)
+    return last
 
-    resumed = subprocess.run(
-        [MEDTUNE, "sweep", "--resume", "results/killed", "--no-export"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+
+def _finished(out: Path) -> set[str]:
+    """Trials finished in Tune's newest experiment state (what --resume reads)."""
+    state = max(out.glob("experiment_state-*.json"), key=lambda p: p.name)
+    trials = [json.loads(t) for t, _ in json.loads(state.read_text())["trial_data"]]
+    return {f"trial_{t['trial_id']}" for t in trials if t["status"] == "TERMINATED"}
+
+
+def _wait_for_evaluations(proc, out: Path, before: dict[str, int], k: int) -> None:
+    """Until the run has added k evaluations beyond what each trial had reported before it."""
+    seen: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + 240
+    while len(seen) < k:
+        assert proc.poll() is None, (
+            f"the sweep ended (exit {proc.returncode}) before its kill: "
+            + proc.log.read_text()[-3000:]
+        )
+        assert time.monotonic() < deadline, f"no {k} new evaluations within 240 s"
+        for trial in out.glob("trial_*"):
+            new = {s for s in _checkpoint_steps(trial) if s > before.get(trial.name, 0)}
+            seen |= {(trial.name, s) for s in new}
+        time.sleep(0.1)
+
+
+def _kill_driver(proc, out: Path) -> tuple[float, dict[str, int]]:
+    """SIGKILL the driver alone; return the kill's time and what each trial had reported by
+    then, once the Ray it started has gone with it (GCS and raylet at once, trial workers,
+    each in its own process group, within seconds: none may still upload a checkpoint when
+    the next run starts; until then an orphaned worker may finish one more interval, which
+    no driver asked for). Ray's agents outlive the raylet: they are killed with the rest."""
+    os.kill(proc.pid, signal.SIGKILL)
+    killed = time.time()
+    reported = _reported(out)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while any(pgid != proc.pid for _, pgid in _session(proc.pid)):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    _kill_session(proc.pid)
+    return killed, reported
+
+
+def test_killed_driver_several_times_then_resume(tmp_path, model_cache, drivers):
+    rng = random.Random(SEED)
+    t0 = time.monotonic()
+    out = tmp_path / "results" / "killed"
+    cycles = []  # per kill: its time, what each trial had reported, which trials had finished
+    for cycle in range(KILLS):
+        args = ARGS if cycle == 0 else ["--resume", "results/killed"]
+        # What the trials had on disk when this run started: orphans' checkpoints included.
+        before = {**cycles[-1]["reported"], **cycles[-1]["orphaned"]} if cycles else {}
+        started = time.monotonic()
+        proc = drivers([*args, "--no-export"], tmp_path, tmp_path / f"run{cycle}.log")
+        k = rng.randint(*(FIRST_EVALS if cycle == 0 else RESUMED_EVALS))
+        _wait_for_evaluations(proc, out, before, k)
+        delay = rng.uniform(0, MAX_DELAY_S)
+        time.sleep(delay)
+        killed, reported = _kill_driver(proc, out)
+        cycles.append(
+            {
+                "at": killed,
+                "after_s": time.monotonic() - started,
+                "evaluations": k,
+                "delay_s": delay,
+                "reported": reported,
+                "orphaned": {t: s for t, s in _reported(out).items() if s > reported.get(t, 0)},
+                "finished": _finished(out),  # also: the state Tune left is readable
+            }
+        )
+        print(f"\nkill {cycle + 1} at {time.monotonic() - t0:5.1f} s", end="", flush=True)
+    assert any(0 < s < STEPS for c in cycles for s in c["reported"].values()), (
+        "no kill landed mid-trial"
     )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    final = drivers(["--resume", "results/killed", "--no-export"], tmp_path, tmp_path / "final.log")
+    try:
+        final.wait(timeout=300)
+    finally:
+        log = (tmp_path / "final.log").read_text()
+    print(f"\nfinal run done at {time.monotonic() - t0:5.1f} s", flush=True)
+    assert final.returncode == 0, log[-3000:]
     summary = json.loads((out / "sweep_summary.json").read_text())
     assert len(summary["trials"]) == SAMPLES
     assert summary["errored"] == 0
     assert all(t["last_step"] == STEPS for t in summary["trials"])
+    assert len(list(out.glob("trial_*"))) == SAMPLES
     after = _progress(out)
     assert len(after) == SAMPLES
+
+    # Per kill and trial: where it resumed against what it had reported before the kill.
+    lines, worst = [], 0
+    ends = [c["at"] for c in cycles[1:]] + [time.time() + 1]
+    for i, (cycle, end) in enumerate(zip(cycles, ends, strict=True), start=1):
+        lost = {}
+        for trial, df in after.items():
+            last = cycle["reported"].get(trial, 0)
+            later = df[df["timestamp"] > cycle["at"]]
+            if trial in cycle["finished"]:  # finished before the kill: never run again
+                assert later.empty, f"{trial} finished before kill {i} and ran again"
+                continue
+            if later.empty:  # nothing left to run (its last step was already in hand)
+                assert last == STEPS, f"{trial} never went on after kill {i}"
+                continue
+            row = later.iloc[0]
+            resumed = int(row["step"]) - EVERY * int(row["iterations_since_restore"])
+            assert resumed >= last - EVERY, (
+                f"kill {i}: {trial} had reported step {last}, resumed from step {resumed}"
+            )
+            if row["timestamp"] < end:  # resumed by the next run, not after a later kill
+                lost[trial] = (last, resumed)
+        rerun = {t: max(0, last - resumed) for t, (last, resumed) in lost.items()}
+        worst = max(worst, *rerun.values(), 0)
+        lines.append(
+            f"kill {i} ({cycle['after_s']:.1f} s into its run, {cycle['evaluations']} new "
+            f"evaluation(s) + {cycle['delay_s']:.2f} s; {len(cycle['finished'])} trial(s) done): "
+            + (
+                ", ".join(
+                    f"{t[6:]} reported {last}, resumed {resumed}: {rerun[t]} steps re-run"
+                    + (
+                        f" (+{cycle['orphaned'][t] - last} by its orphaned worker after the kill)"
+                        if t in cycle["orphaned"]
+                        else ""
+                    )
+                    for t, (last, resumed) in sorted(lost.items())
+                )
+                or "no trial resumed by the next run"
+            )
+        )
+    print(
+        f"\n{KILLS} kills (seed {SEED}), eval_every={EVERY}: at most {worst} steps re-run per "
+        "trial and kill\n" + "\n".join(lines)
+    )
+
     for trial, df in after.items():
-        steps = list(df["step"])
-        assert steps == sorted(set(steps)), f"{trial} restarted: {steps}"
-        if trial in finished:  # finished before the kill: not run again
-            assert steps == list(before[trial]["step"])
+        steps, since = list(df["step"]), list(df["iterations_since_restore"])
+        assert steps[-1] == STEPS, f"{trial} ended at step {steps[-1]}"
+        for prev, step, n in zip(steps, steps[1:], since[1:], strict=False):
+            # Steps rise; a resume may repeat at most the one interval it lost.
+            assert step > prev or (n == 1 and prev - (step - EVERY) <= EVERY), (
+                f"{trial} restarted: {steps}"
+            )
+
     # The searcher's own state came back too: one finished Optuna trial per Tune trial.
     # Each run of the experiment writes its own file, named by its start time; the resumed
     # run's is the latest name (mtimes are all the final sync's).
@@ -88,3 +279,4 @@ def test_killed_driver_then_resume(tmp_path, model_cache):
     study = searcher["_ot_study"] if isinstance(searcher, dict) else searcher._ot_study
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == SAMPLES, states
+    assert len(states) == SAMPLES, states
