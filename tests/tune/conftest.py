@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 MEDTUNE = str(Path(sys.executable).parent / "medtune")
 MAX_STEPS, SAMPLES = 20, 4
@@ -13,8 +14,25 @@ MAX_STEPS, SAMPLES = 20, 4
 
 @pytest.fixture(scope="session")
 def sweep(tmp_path_factory, model_cache):
-    """`medtune sweep` on tiny-random with ASHA, confirmation (top-2 x 2 seeds) and export."""
-    root = tmp_path_factory.mktemp("e2e")
+    """`medtune sweep` on tiny-random with ASHA, confirmation (top-2 x 2 seeds) and export.
+
+    Run once per test session even under pytest-xdist: the first worker to need it runs it
+    under a file lock in the folder all workers share; the others wait and reuse it
+    (pytest-xdist's recipe for session fixtures).
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    root = base / "e2e-shared"
+    with FileLock(f"{root}.lock"):
+        log = root / "medtune-sweep.stdout"
+        if not log.exists():
+            root.mkdir(exist_ok=True)
+            log.write_text(_run_sweep(root))
+    return root / "results" / "e2e", log.read_text()
+
+
+def _run_sweep(root: Path) -> str:
     args = [
         "sweep",
         "model.name=tiny-random",
@@ -35,4 +53,4 @@ def sweep(tmp_path_factory, model_cache):
         [MEDTUNE, *args], cwd=root, env=env, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return root / "results" / "e2e", proc.stdout
+    return proc.stdout

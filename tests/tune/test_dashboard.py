@@ -208,7 +208,9 @@ def test_dashboard_follows_a_running_sweep(model_cache, page, tmp_path):
         page.page.goto(url)
         assert page.page.get_attribute("#summary", "data-finished") == "no"
         page.page.wait_for_selector('#trials tr[data-status="running"]', timeout=120_000)
-        running = page.page.locator('#trials tr[data-status="running"]').get_attribute("data-trial")
+        # Tune may mark the next trial running before the first one's end is saved.
+        running = page.page.locator('#trials tr[data-status="running"]').first
+        running = running.get_attribute("data-trial")
         page.page.wait_for_function(
             """id => { const n = Object.values(document.querySelectorAll(
                   '#chart-learning-curves g[id="trial-' + id + '"] > path'));

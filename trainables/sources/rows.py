@@ -31,6 +31,11 @@ def read_rows(path: str) -> list[dict]:
                     "Lines; write one object per row (pandas: to_json(orient='records'))"
                 )
             rows = [rows]  # JSON Lines of one row
+        elif not isinstance(rows, list):
+            raise DataError(
+                f"data.path={p}: the JSON holds a {type(rows).__name__}, not rows; write a list "
+                "of objects (one per row) or JSON Lines"
+            )
     else:
         raise DataError(
             f"data.path={p}: cannot tell the format of '{p.name}'; name it .csv, .tsv, .json, "
