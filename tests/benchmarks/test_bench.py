@@ -66,14 +66,27 @@ def test_memory_sampler_reads_a_live_process(tmp_path):
     bench = _bench_module()
     me = bench._rollup(os.getpid())
     assert 0 < me["uss"] <= me["pss"] <= me["rss"] and me["shared"] == me["rss"] - me["uss"]
-    ballast = bytearray(64 * 2**20)  # 64 MiB of private pages, touched
-    ballast[::4096] = b"x" * len(ballast[::4096])
-    (tmp_path / str(os.getpid())).touch()
-    sampler = bench._Sampler(tmp_path)
-    sampler.start()
-    sampler.stop.wait(0.35)
-    peak = sampler.result()
+    # A child process holding 64 MiB of touched private pages: this process's own memory
+    # moves with whatever earlier tests left behind, a fresh child's does not.
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; b = bytearray(64 << 20); b[::4096] = b'x' * len(b[::4096]); "
+            "print(flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        child.stdout.readline()  # the ballast is touched
+        (tmp_path / str(child.pid)).touch()
+        sampler = bench._Sampler(tmp_path)
+        sampler.start()
+        sampler.stop.wait(0.35)
+        peak = sampler.result()
+    finally:
+        child.kill()
+        child.wait()
     assert peak["processes"] == 1
-    assert peak["uss"] >= me["uss"] / 1024 + 60  # MiB: the ballast is counted as private
+    assert peak["uss"] >= 64  # MiB: the ballast is counted as private
     assert peak["footprint"] == pytest.approx(peak["rss"], rel=0.01)  # one process: USS + shared
-    del ballast
