@@ -1,7 +1,7 @@
 """The `medtune` command.
 
     medtune sweep [--config FILE] [--overwrite] [--no-export] [key=value ...]
-    medtune sweep --resume results/<name>
+    medtune sweep --resume results/<name> [search.num_samples=N]
     medtune data inspect [--config FILE] [--json] [key=value ...]
     medtune export results/<name>
     medtune generate results/<name>/export ["question"]
@@ -147,7 +147,9 @@ def _dashboard(args, console: Console) -> int:
 def _sweep(args, console: Console) -> int:
     from tune.config import ConfigError, load_config
 
-    if args.resume and (args.overrides or args.config or args.overwrite):
+    # The one setting a resume may change: more trials, to extend a sweep.
+    extend = [o for o in args.overrides if o.startswith("search.num_samples=")]
+    if args.resume and (args.config or args.overwrite or len(extend) != len(args.overrides)):
         extra = [
             *(["--config"] if args.config else []),
             *(["--overwrite"] if args.overwrite else []),
@@ -155,8 +157,9 @@ def _sweep(args, console: Console) -> int:
         raise ConfigError(
             [
                 f"--resume: got {' '.join(extra + args.overrides)}; a resumed sweep takes no "
-                "--config, --overwrite or key=value and keeps the config saved in "
-                f"{args.resume / 'medtune.yaml'}: drop them, or start a new sweep"
+                "--config, --overwrite or key=value but search.num_samples=N (more trials) and "
+                f"keeps the config saved in {args.resume / 'medtune.yaml'}: drop them, or start "
+                "a new sweep"
             ]
         )
     cfg = None if args.resume else load_config(args.config, args.overrides)
@@ -164,7 +167,8 @@ def _sweep(args, console: Console) -> int:
     from tune.sweep import prepare_sweep, results_dir, resume_sweep, run_sweep
 
     if args.resume:
-        cfg, summary = resume_sweep(args.resume, console)
+        more = _num_samples(extend[-1]) if extend else None
+        cfg, summary = resume_sweep(args.resume, console, num_samples=more)
     else:
         prep = prepare_sweep(cfg, console, overwrite=args.overwrite)
         cfg = prep.cfg
@@ -183,6 +187,17 @@ def _sweep(args, console: Console) -> int:
         console.print(f"Export later with: medtune export {out}")
         return 0
     return _export(out, console, None)
+
+
+def _num_samples(override: str) -> int:
+    from tune.config import ConfigError
+
+    value = override.partition("=")[2]
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(
+            [f"search.num_samples: got {value!r}; give a whole number of trials >= 1"]
+        )
+    return int(value)
 
 
 def _every_trial_failed(summary: dict, out: Path) -> int:

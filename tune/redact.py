@@ -16,9 +16,10 @@ import re
 __all__ = ["MASK", "is_secret_key", "redact", "redact_text"]
 
 MASK = "***"
-# Whole words of a key, so tokens_per_second and TOKENIZERS_PARALLELISM are not secrets.
+# Whole words of a key, so tokens_per_second and TOKENIZERS_PARALLELISM are not secrets; not
+# "pwd": $PWD is the working directory, and masking it hid every path in error messages.
 _SECRET_KEY = re.compile(
-    r"(^|_)(token|secret|password|passwd|pwd|apikey|api_key|access_key|private_key|"
+    r"(^|_)(token|secret|password|passwd|apikey|api_key|access_key|private_key|"
     r"credentials?|auth)(_|$)"
 )
 _URL_USERINFO = re.compile(r"(\b[a-zA-Z][\w+.-]*://)[^\s/@:]+:[^\s/@]+@")

@@ -252,9 +252,14 @@ def _decisions(cfg: SweepConfig, tokenizer, validation: list[Record]) -> list[di
     )
 
 
-def resume_sweep(results: Path, console: Console) -> tuple[SweepConfig, dict]:
+def resume_sweep(
+    results: Path, console: Console, *, num_samples: int | None = None
+) -> tuple[SweepConfig, dict]:
     """Finish an interrupted sweep: unfinished and errored trials go on from their checkpoints,
-    finished ones are not run again, and the searcher continues from its saved state."""
+    finished ones are not run again, and the searcher continues from its saved state.
+
+    `num_samples` above the saved `search.num_samples` extends the sweep (finished or not)
+    with more trials, sampled by the restored Optuna study."""
     results = results.resolve()
     cfg = load_saved_config(results)
     if not ray_tune.Tuner.can_restore(str(results)):
@@ -262,6 +267,9 @@ def resume_sweep(results: Path, console: Console) -> tuple[SweepConfig, dict]:
             f"--resume {results}: no Ray Tune experiment state in it (the sweep never started); "
             "start it again with `medtune sweep --overwrite run.name=...`"
         )
+    if num_samples is not None and num_samples != cfg.search.num_samples:
+        cfg = _extend(results, cfg, num_samples)
+        console.print(f"Extending sweep [bold]{cfg.run.name}[/] to {num_samples} trials")
     model_path, pad_id, data = saved_training_data(results, cfg)
     start_ray(cfg, console)
     _snapshot_at_every_checkpoint()
@@ -269,10 +277,54 @@ def resume_sweep(results: Path, console: Console) -> tuple[SweepConfig, dict]:
     tuner = ray_tune.Tuner.restore(
         str(results), trainable=trainable, resume_unfinished=True, resume_errored=True
     )
+    _renumber_progress(tuner, results, cfg)
     console.print(f"Resuming sweep [bold]{cfg.run.name}[/] from {results}")
     summary = _summarize(tuner.fit(), cfg)
     (results / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
     return cfg, summary
+
+
+def _renumber_progress(tuner: ray_tune.Tuner, results: Path, cfg: SweepConfig) -> None:
+    """The progress lines come from the callback pickled when the sweep started: count the
+    trials already there and the current budget, so new trials print as "trial 5/8"."""
+    local = getattr(tuner, "_local_tuner", None)  # None when driving Ray through ray://
+    for callback in local.get_run_config().callbacks or [] if local else []:
+        if isinstance(callback, SweepProgress):
+            callback.num_samples = cfg.search.num_samples
+            callback.started = max(callback.started, len(list(results.glob("trial_*"))))
+
+
+def _extend(results: Path, cfg: SweepConfig, num_samples: int) -> SweepConfig:
+    """Raise the trial budget in the saved config and in Tune's saved search state.
+
+    `Tuner.restore` keeps the TuneConfig it pickled, and the search generator restores its
+    trial budget from `search_gen_state-*.json` (Ray 2.60, pinned), so that is where the new
+    budget goes; the Optuna study inside is untouched and goes on sampling from all trials.
+    """
+    from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
+
+    if num_samples < cfg.search.num_samples:
+        raise UserError(
+            f"search.num_samples={num_samples}: the sweep in {results} already has "
+            f"{cfg.search.num_samples}; a resume can only raise it"
+        )
+    pattern = "search_gen_state-*.json"
+    state = _load_newest_checkpoint(str(results), pattern)
+    if state is None:
+        raise UserError(
+            f"--resume {results}: no searcher state ({pattern}) to extend; resume without "
+            "search.num_samples"
+        )
+    state["total_samples"], state["finished"] = num_samples, False
+    newest = max(results.glob(pattern)).name
+    _atomic_save(state, str(results), newest, f"tmp-{newest}")
+    cfg = cfg.model_copy(
+        update={"search": cfg.search.model_copy(update={"num_samples": num_samples})}
+    )
+    (results / "medtune.yaml").write_text(
+        yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False)
+    )
+    return cfg
 
 
 def _snapshot_at_every_checkpoint() -> None:

@@ -280,3 +280,31 @@ def test_killed_driver_several_times_then_resume(tmp_path, model_cache, drivers)
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == SAMPLES, states
     assert len(states) == SAMPLES, states
+
+    # A finished sweep extended on resume: one more trial, sampled by the restored study;
+    # the finished trials are not touched.
+    runs = {t: len(df) for t, df in after.items()}
+    lower = drivers(
+        ["--resume", "results/killed", f"search.num_samples={SAMPLES - 1}"],
+        tmp_path,
+        tmp_path / "lower.log",
+    )
+    assert lower.wait(timeout=120) == 2
+    assert "can only raise it" in (tmp_path / "lower.log").read_text()
+    more = drivers(
+        ["--resume", "results/killed", "--no-export", f"search.num_samples={SAMPLES + 1}"],
+        tmp_path,
+        tmp_path / "more.log",
+    )
+    assert more.wait(timeout=300) == 0, (tmp_path / "more.log").read_text()[-3000:]
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    assert len(summary["trials"]) == SAMPLES + 1 and summary["errored"] == 0
+    extended = _progress(out)
+    assert {t: len(extended[t]) for t in runs} == runs  # no finished trial ran again
+    (new,) = set(extended) - set(runs)
+    assert list(extended[new]["step"]) == list(range(EVERY, STEPS + 1, EVERY))
+    assert f"num_samples: {SAMPLES + 1}" in (out / "medtune.yaml").read_text()
+    state = max(out.glob("searcher-state-*.pkl"), key=lambda p: p.name)
+    searcher = pickle.loads(state.read_bytes())
+    study = searcher["_ot_study"] if isinstance(searcher, dict) else searcher._ot_study
+    assert [t.state.name for t in study.trials].count("COMPLETE") == SAMPLES + 1
