@@ -88,7 +88,22 @@ class RunConfig(Section):
     name: str | None = Field(
         None, description="Folder name under run.storage; empty picks sweep-<date>-<time>."
     )
-    storage: str = Field("results", description="Root folder (or URI) for sweep results.")
+    storage: str = Field(
+        "results",
+        description="Root folder for sweep results (on a multi-node cluster: a folder every "
+        "node mounts at the same path). URIs (s3://, gs://) are not supported yet.",
+    )
+
+    @field_validator("storage")
+    @classmethod
+    def _local_storage(cls, v: str) -> str:
+        if "://" in v:
+            raise ValueError(
+                "storage URIs are not supported yet (medtune writes the results folder with "
+                "local file I/O); use a local folder, on a cluster one that every node mounts "
+                "(NFS), e.g. run.storage=/mnt/shared/medtune"
+            )
+        return v
     checkpoints_to_keep: int = Field(
         2, ge=1, description="Checkpoints kept per trial, best by search.metric."
     )

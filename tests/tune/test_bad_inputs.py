@@ -256,6 +256,16 @@ CASES = [
         ["run.name: got '../elsewhere'", "use letters, digits", "pass run.name="],
     ),
     (
+        "storage-uri",
+        ["sweep", "run.storage=s3://bucket/medtune"],
+        ["run.storage: got 's3://bucket/medtune'", "not supported yet", "NFS"],
+    ),
+    (
+        "resume-lowers-nothing-but-trials",
+        ["sweep", "--resume", "results/earlier", "train.max_steps=3"],
+        ["--resume: got train.max_steps=3", "search.num_samples=N", "start a new sweep"],
+    ),
+    (
         "4bit-without-gpu",
         ["sweep", "model.quantization=4bit"],
         ["model.quantization: got '4bit'", "CUDA GPUs only", "model.quantization=none"],
