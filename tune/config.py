@@ -104,6 +104,7 @@ class RunConfig(Section):
                 "(NFS), e.g. run.storage=/mnt/shared/medtune"
             )
         return v
+
     checkpoints_to_keep: int = Field(
         2, ge=1, description="Checkpoints kept per trial, best by search.metric."
     )
