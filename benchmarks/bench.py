@@ -384,6 +384,7 @@ def answer_logits(path: str, data: list[dict], batch: int, threads: int, repeats
     (what the model's own loss does) against logits only where a label is scored."""
     from peft import LoraConfig, get_peft_model
 
+    from trainables.loss import answer_token_loss
     from trainables.models import load_model
     from trainables.prompts import collate
 
@@ -393,18 +394,14 @@ def answer_logits(path: str, data: list[dict], batch: int, threads: int, repeats
         LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
     model.train()
-    inner = model.get_base_model()
     b = collate(data[:batch], 0)
-    labels = b["labels"][:, 1:]
-    scored = labels != -100
+    scored = b["labels"][:, 1:] != -100
 
     def full():
         return model(**b).loss
 
-    def answers_only():
-        hidden = inner.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0]
-        logits = inner.lm_head(hidden[:, :-1][scored])
-        return torch.nn.functional.cross_entropy(logits, labels[scored])
+    def answers_only():  # what medtune's trainer and evaluation compute
+        return answer_token_loss(model, b)
 
     assert torch.allclose(full(), answers_only(), rtol=1e-4)  # the same loss
     times: dict[str, list[float]] = {"full": [], "answers_only": []}
@@ -430,6 +427,7 @@ def _logits_peak(path: str, data: list[dict], batch: int, threads: int, answers_
     one forward + backward with full or answer-only logits; run in a spawned child."""
     from peft import LoraConfig, get_peft_model
 
+    from trainables.loss import answer_token_loss
     from trainables.models import load_model
     from trainables.prompts import collate
 
@@ -440,15 +438,7 @@ def _logits_peak(path: str, data: list[dict], batch: int, threads: int, answers_
     )
     model.train()
     b = collate(data[:batch], 0)
-    if answers_only:
-        inner = model.get_base_model()
-        labels = b["labels"][:, 1:]
-        scored = labels != -100
-        hidden = inner.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0]
-        logits = inner.lm_head(hidden[:, :-1][scored])
-        loss = torch.nn.functional.cross_entropy(logits, labels[scored])
-    else:
-        loss = model(**b).loss
+    loss = answer_token_loss(model, b) if answers_only else model(**b).loss
     loss.backward()
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):

@@ -173,4 +173,9 @@ class TrainConfig(Section):
     lora_dropout: float = Field(
         0.05, ge=0, lt=1, description="LoRA dropout when the search space does not sample it."
     )
+    group_by_length: bool = Field(
+        True,
+        description="Batch examples of similar length together (less padding); off keeps the "
+        "Trainer's random order.",
+    )
     seed: int = Field(0, description="Seed of LoRA init and data order in every trial.")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
 from trainables.data import Record
+from trainables.loss import answer_logits, answer_token_loss
 from trainables.prompts import IGNORE_INDEX, collate, prompt_text
 
 __all__ = [
@@ -25,11 +27,7 @@ __all__ = [
 
 @torch.no_grad()
 def answer_loss(model, examples: list[dict], batch_size: int, pad_id: int) -> float:
-    """Mean negative log-likelihood per answer token over all examples (token-weighted).
-
-    The model's own loss is a per-batch mean; multiplying back by the batch's answer-token
-    count makes the average exact whatever the batch sizes.
-    """
+    """Mean negative log-likelihood per answer token over all examples (token-weighted)."""
     was_training = model.training
     model.eval()
     # Similar lengths in a batch waste less compute on padding.
@@ -42,7 +40,7 @@ def answer_loss(model, examples: list[dict], batch_size: int, pad_id: int) -> fl
         n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # labels shift by one
         if n == 0:
             continue
-        total += float(model(**batch).loss) * n
+        total += float(answer_token_loss(model, batch, reduction="sum"))
         count += n
     model.train(was_training)
     return total / count if count else float("nan")
@@ -169,12 +167,12 @@ def decision_accuracy(
         items = encoded[start : start + per_batch]
         options = [o for item in items for o in item["options"]]
         batch = {k: v.to(device) for k, v in collate(options, pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        labels = batch["labels"][:, 1:]
-        mask = labels != IGNORE_INDEX
-        token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores = (token_logp * mask).sum(-1).view(len(items), len(DECISIONS))
+        logits, targets = answer_logits(model, batch)
+        token_logp = -F.cross_entropy(logits.float(), targets, reduction="none")
+        # Which option each scored token belongs to (answer_logits keeps row-major order).
+        rows = (batch["labels"][:, 1:] != IGNORE_INDEX).nonzero()[:, 0]
+        scores = torch.zeros(len(options), device=device).index_add_(0, rows, token_logp)
+        scores = scores.view(len(items), len(DECISIONS))
         predictions.extend(DECISIONS[int(i)] for i in scores.argmax(-1))
     model.train(was_training)
     return classification_scores(predictions, [DECISIONS[item["label"]] for item in encoded])

@@ -33,8 +33,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from trainables.config import ModelConfig, TrainConfig
 from trainables.evaluation import answer_loss, decision_accuracy, perplexity
 from trainables.faults import fault_from_env
+from trainables.loss import answer_token_loss
 from trainables.models import BaseWeights, load_model, lora_target_modules, model_from_weights
-from trainables.prompts import collate
+from trainables.prompts import IGNORE_INDEX, collate
 
 __all__ = ["TrialSettings", "train_lora"]
 
@@ -83,7 +84,7 @@ def train_lora(
             # otherwise take one step past the budget.
             log.warning("medtune trial: checkpoint is at step %d, the full budget; done", step)
             return
-        trainer = Trainer(
+        trainer = _AnswerTokenTrainer(
             model=model,
             args=_training_args(config, train, work),
             train_dataset=data["train"],
@@ -151,7 +152,24 @@ def _training_args(config: dict, train: TrainConfig, work: Path) -> TrainingArgu
         fp16=cuda and not torch.cuda.is_bf16_supported(),
         dataloader_pin_memory=cuda,
         remove_unused_columns=False,
+        # Batches of similar lengths: less compute spent on padding (BENCHMARKS.md, "Levers").
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
     )
+
+
+class _AnswerTokenTrainer(Trainer):
+    """The Trainer with the loss computed from logits at answer positions only
+    (`trainables.loss`): the same value as the model's own loss, less compute."""
+
+    loss_is_scaled_for_ga = True  # normalized over the whole accumulated batch below
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = answer_token_loss(model, inputs, reduction="sum")
+        if num_items_in_batch is None:  # the Trainer counts them for models taking loss kwargs
+            count = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+            num_items_in_batch = max(1, count) * self.current_gradient_accumulation_steps
+        loss = loss / num_items_in_batch
+        return (loss, None) if return_outputs else loss
 
 
 def _restore_checkpoint(work: Path) -> tuple[str | None, int]:
