@@ -90,18 +90,26 @@ class RunConfig(Section):
     )
     storage: str = Field(
         "results",
-        description="Root folder for sweep results (on a multi-node cluster: a folder every "
-        "node mounts at the same path). URIs (s3://, gs://) are not supported yet.",
+        description="Where sweep results go: a local folder (on a multi-node cluster, one every "
+        "node mounts), or a URI Ray's storage accepts (s3://bucket/prefix, gs://bucket/prefix; "
+        "S3-compatible stores with ?endpoint_override=host:port), which no node needs to mount.",
+    )
+    local_dir: str = Field(
+        "results",
+        description="With a URI run.storage: the driver's local copy of the results folder "
+        "(medtune's files and Ray's results without checkpoints), read by dashboard and report.",
     )
 
     @field_validator("storage")
     @classmethod
-    def _local_storage(cls, v: str) -> str:
-        if "://" in v:
+    def _known_scheme(cls, v: str) -> str:
+        from tune.storage import URI_SCHEMES, is_uri
+
+        scheme = v.partition("://")[0].lower()
+        if is_uri(v) and scheme not in URI_SCHEMES:
             raise ValueError(
-                "storage URIs are not supported yet (medtune writes the results folder with "
-                "local file I/O); use a local folder, on a cluster one that every node mounts "
-                "(NFS), e.g. run.storage=/mnt/shared/medtune"
+                f"'{scheme}://' is not a storage Ray can write to; use a local folder or a URI "
+                f"with one of {', '.join(s + '://' for s in URI_SCHEMES)}"
             )
         return v
 
@@ -346,6 +354,12 @@ def _cross_checks(cfg: SweepConfig) -> list[str]:
             f"search.metric: got 'eval_accuracy', but data.task={cfg.data.task} (data.source="
             f"{cfg.data.source}); validation accuracy is scored for yes/no/maybe answers only: "
             "pass data.task=decision (data.source=pubmedqa) or search.metric=eval_loss"
+        )
+    if "://" in cfg.run.storage and cfg.export.confirm_top_k > 0:
+        problems.append(
+            f"export.confirm_top_k: got {cfg.export.confirm_top_k} with a URI run.storage; "
+            "confirmation runs need a local run.storage (or one every node mounts): set "
+            "export.confirm_top_k=0 or use a local folder"
         )
     if cfg.data.val_fraction + cfg.data.test_fraction >= 0.9:
         problems.append(

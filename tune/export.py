@@ -37,6 +37,7 @@ from tune.confirm import run_confirmation
 from tune.data_report import encode_splits
 from tune.errors import UserError
 from tune.model_card import write_model_card
+from tune.storage import download_checkpoint, is_uri, open_storage, run_uri
 
 __all__ = ["MANIFEST", "PROMPT_FILE", "best_checkpoint", "export_best"]
 
@@ -45,14 +46,18 @@ PROMPT_FILE = "medtune_prompt.json"
 MANIFEST = "checksums.sha256"
 
 
-def best_checkpoint(results: Path, metric: str, mode: str = "min") -> tuple[Path, dict]:
+def best_checkpoint(
+    results: Path, metric: str, mode: str = "min", storage: str | None = None
+) -> tuple[Path, dict]:
     """The checkpoint of the best evaluation across every trial and its metrics.
 
-    `mode` is "min" for losses, "max" for eval_accuracy (`SearchConfig.mode`).
+    `mode` is "min" for losses, "max" for eval_accuracy (`SearchConfig.mode`). `storage`: the
+    run's folder under a storage URI, where Ray keeps the checkpoints; the chosen one is
+    downloaded into the same place under `results`.
     """
-    analysis = ExperimentAnalysis(str(results), default_metric=metric, default_mode=mode)
+    analysis = ExperimentAnalysis(storage or str(results), default_metric=metric, default_mode=mode)
     candidates = [
-        (Path(ckpt.path), m)
+        (ckpt, m)
         for result in ResultGrid(analysis)
         for ckpt, m in (result.best_checkpoints or [])
         if m.get(metric) == m.get(metric)  # NaN never wins
@@ -63,7 +68,10 @@ def best_checkpoint(results: Path, metric: str, mode: str = "min") -> tuple[Path
             "its first evaluation (see sweep_summary.json and the trial error files)"
         )
     pick = min if mode == "min" else max
-    return pick(candidates, key=lambda c: c[1][metric])
+    checkpoint, metrics = pick(candidates, key=lambda c: c[1][metric])
+    if storage is None:
+        return Path(checkpoint.path), metrics
+    return download_checkpoint(checkpoint, open_storage(storage)[1], results), metrics
 
 
 def export_best(results: Path, console: Console, *, out: Path | None = None) -> dict:
@@ -73,6 +81,7 @@ def export_best(results: Path, console: Console, *, out: Path | None = None) -> 
     out = (out or results / "export").resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"export destination {out} is a file; remove it or choose another")
+    storage = run_uri(cfg.run.storage, cfg.run.name) if is_uri(cfg.run.storage) else None
     confirmation = None
     if cfg.export.confirm_top_k > 0:
         confirmation = run_confirmation(results, cfg, console)
@@ -86,7 +95,9 @@ def export_best(results: Path, console: Console, *, out: Path | None = None) -> 
             cfg.search.metric: run["best"],
         }
     else:
-        checkpoint, best = best_checkpoint(results, cfg.search.metric, cfg.search.mode)
+        checkpoint, best = best_checkpoint(
+            results, cfg.search.metric, cfg.search.mode, storage=storage
+        )
     console.print(
         f"Chosen: trial {best['trial_id']} at step {best['step']} "
         f"({cfg.search.metric} {best[cfg.search.metric]:.4f}), checkpoint {checkpoint}"

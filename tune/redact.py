@@ -5,7 +5,7 @@
 A value is secret when its key names one (token, secret, password, api_key, credentials, ...),
 when it holds the value of such an environment variable (HF_TOKEN, HUGGING_FACE_HUB_TOKEN,
 WANDB_API_KEY, ...), or when it looks like a Hugging Face token; URLs lose their
-`user:password@`. Secrets become `***`.
+`user:password@` and key-carrying query parameters (`?secret_key=...`). Secrets become `***`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ _SECRET_KEY = re.compile(
     r"credentials?|auth)(_|$)"
 )
 _URL_USERINFO = re.compile(r"(\b[a-zA-Z][\w+.-]*://)[^\s/@:]+:[^\s/@]+@")
+# URL query parameters that carry keys (pyarrow's s3://...?access_key=...&secret_key=...).
+_URL_QUERY_SECRET = re.compile(
+    r"([?&][\w.-]*(?:token|secret|password|access_key|api_key)[\w.-]*=)[^&\s#]+", re.IGNORECASE
+)
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 _MIN_SECRET = 8  # shorter environment values ("1", "true") would mask ordinary text
 
@@ -37,6 +41,7 @@ def redact_text(text: str) -> str:
     for value in _secret_values():
         text = text.replace(value, MASK)
     text = _URL_USERINFO.sub(rf"\1{MASK}@", text)
+    text = _URL_QUERY_SECRET.sub(rf"\1{MASK}", text)
     return _HF_TOKEN.sub(f"hf_{MASK}", text)
 
 

@@ -5,11 +5,13 @@
 Everything that can fail on bad input (config, search space, model name, data) is checked
 before anything is written or Ray starts. The results folder then holds Tune's experiment
 plus what medtune adds: the resolved config, the search space, the data splits with their
-fingerprint, package versions, and `sweep_summary.json`.
+fingerprint, package versions, and `sweep_summary.json`. With a URI `run.storage` Ray writes
+the experiment there and the results folder is the driver's copy (`tune/storage.py`).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import platform
@@ -45,6 +47,16 @@ from tune.data_report import data_summary, encode_splits
 from tune.errors import UserError
 from tune.progress import SweepProgress
 from tune.redact import redact, redact_text
+from tune.storage import (
+    MirrorResults,
+    delete_run,
+    download_results,
+    is_uri,
+    open_storage,
+    run_exists,
+    run_uri,
+    upload,
+)
 
 __all__ = [
     "PreparedSweep",
@@ -55,6 +67,7 @@ __all__ = [
     "saved_training_data",
     "shared_weights",
     "start_ray",
+    "storage_location",
     "trial_settings",
 ]
 
@@ -76,7 +89,14 @@ class PreparedSweep:
 
 
 def results_dir(cfg: SweepConfig) -> Path:
-    return Path(cfg.run.storage).expanduser().resolve() / cfg.run.name
+    """The results folder on this machine (with a URI run.storage: the driver's copy)."""
+    root = cfg.run.local_dir if is_uri(cfg.run.storage) else cfg.run.storage
+    return Path(root).expanduser().resolve() / cfg.run.name
+
+
+def storage_location(cfg: SweepConfig, results: Path) -> str:
+    """Where Ray keeps the experiment: the storage URI's run folder, or the local folder."""
+    return run_uri(cfg.run.storage, cfg.run.name) if is_uri(cfg.run.storage) else str(results)
 
 
 def prepare_sweep(cfg: SweepConfig, console: Console, *, overwrite: bool = False) -> PreparedSweep:
@@ -88,6 +108,12 @@ def prepare_sweep(cfg: SweepConfig, console: Console, *, overwrite: bool = False
         raise UserError(
             f"run.name={cfg.run.name}: {out} already exists; choose another run.name, finish "
             f"it with `medtune sweep --resume {out}`, or pass --overwrite to replace it"
+        )
+    if is_uri(cfg.run.storage) and not overwrite and run_exists(storage_location(cfg, out)):
+        raise UserError(
+            f"run.name={cfg.run.name}: {cfg.run.name} already exists under run.storage="
+            f"{redact_text(cfg.run.storage)}; choose another run.name, or pass --overwrite to "
+            "replace it"
         )
     records, report = read_records(cfg.data)
     splits = split_records(
@@ -146,9 +172,14 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
     """Write the results folder, run the sweep on Ray, and return its summary."""
     cfg = prep.cfg
     out = results_dir(cfg)
+    location = storage_location(cfg, out)
     if overwrite and out.exists():
         shutil.rmtree(out)
+    if overwrite and is_uri(location):
+        delete_run(location)
     _write_inputs(prep, out)
+    if is_uri(location):
+        upload(out, location, _INPUT_FILES)
     start_ray(cfg, console)
     _snapshot_at_every_checkpoint()
     tuner = _build_tuner(prep, out, console)
@@ -157,14 +188,26 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
         f"{cfg.data.source} ({len(prep.encoded['train'])} train / "
         f"{len(prep.encoded['validation'])} validation examples), "
         f"{cfg.scheduler.name} scheduler, results in {out}"
+        + (f" (checkpoints in {redact_text(location)})" if is_uri(location) else "")
     )
-    grid = tuner.fit()
-    summary = _summarize(grid, cfg)
-    (out / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
+    summary = _summarize(tuner.fit(), cfg)
+    _write_summary(summary, out, location)
     return summary
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _write_summary(summary: dict, out: Path, location: str) -> None:
+    if is_uri(location):
+        download_results(location, out)  # the last of Ray's files, after Tune's final sync
+    (out / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
+    if is_uri(location):
+        upload(out, location, ["sweep_summary.json"])
+
+
+# What medtune writes into a results folder before Tune starts.
+_INPUT_FILES = ["medtune.yaml", "search_space.yaml", "data", "data.json", "environment.json"]
 
 
 def _write_inputs(prep: PreparedSweep, out: Path) -> None:
@@ -262,25 +305,26 @@ def resume_sweep(
     with more trials, sampled by the restored Optuna study."""
     results = results.resolve()
     cfg = load_saved_config(results)
-    if not ray_tune.Tuner.can_restore(str(results)):
+    location = storage_location(cfg, results)
+    if not ray_tune.Tuner.can_restore(location):
         raise UserError(
-            f"--resume {results}: no Ray Tune experiment state in it (the sweep never started); "
-            "start it again with `medtune sweep --overwrite run.name=...`"
+            f"--resume {results}: no Ray Tune experiment state in {redact_text(location)} (the "
+            "sweep never started); start it again with `medtune sweep --overwrite run.name=...`"
         )
     if num_samples is not None and num_samples != cfg.search.num_samples:
-        cfg = _extend(results, cfg, num_samples)
+        cfg = _extend(results, location, cfg, num_samples)
         console.print(f"Extending sweep [bold]{cfg.run.name}[/] to {num_samples} trials")
     model_path, pad_id, data = saved_training_data(results, cfg)
     start_ray(cfg, console)
     _snapshot_at_every_checkpoint()
     trainable = _trainable(cfg, trial_settings(cfg, model_path, pad_id), data)
     tuner = ray_tune.Tuner.restore(
-        str(results), trainable=trainable, resume_unfinished=True, resume_errored=True
+        location, trainable=trainable, resume_unfinished=True, resume_errored=True
     )
     _renumber_progress(tuner, results, cfg)
-    console.print(f"Resuming sweep [bold]{cfg.run.name}[/] from {results}")
+    console.print(f"Resuming sweep [bold]{cfg.run.name}[/] from {redact_text(location)}")
     summary = _summarize(tuner.fit(), cfg)
-    (results / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
+    _write_summary(summary, results, location)
     return cfg, summary
 
 
@@ -294,36 +338,51 @@ def _renumber_progress(tuner: ray_tune.Tuner, results: Path, cfg: SweepConfig) -
             callback.started = max(callback.started, len(list(results.glob("trial_*"))))
 
 
-def _extend(results: Path, cfg: SweepConfig, num_samples: int) -> SweepConfig:
+def _extend(results: Path, location: str, cfg: SweepConfig, num_samples: int) -> SweepConfig:
     """Raise the trial budget in the saved config and in Tune's saved search state.
 
     `Tuner.restore` keeps the TuneConfig it pickled, and the search generator restores its
     trial budget from `search_gen_state-*.json` (Ray 2.60, pinned), so that is where the new
     budget goes; the Optuna study inside is untouched and goes on sampling from all trials.
+    `location` is the local results folder or the storage URI's run folder.
     """
-    from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
+    import pyarrow.fs as pafs
+    from ray import cloudpickle
 
     if num_samples < cfg.search.num_samples:
         raise UserError(
             f"search.num_samples={num_samples}: the sweep in {results} already has "
             f"{cfg.search.num_samples}; a resume can only raise it"
         )
+    fs, base = open_storage(location) if is_uri(location) else (pafs.LocalFileSystem(), location)
     pattern = "search_gen_state-*.json"
-    state = _load_newest_checkpoint(str(results), pattern)
-    if state is None:
+    states = [
+        info.path
+        for info in fs.get_file_info(pafs.FileSelector(base))
+        if fnmatch.fnmatch(Path(info.path).name, pattern)
+    ]
+    if not states:
         raise UserError(
             f"--resume {results}: no searcher state ({pattern}) to extend; resume without "
             "search.num_samples"
         )
+    newest = max(states, key=lambda path: Path(path).name)  # named by a sortable timestamp
+    # Pickled, despite the name (ray.tune.utils.util._atomic_save).
+    with fs.open_input_stream(newest) as f:
+        state = cloudpickle.loads(f.read())
     state["total_samples"], state["finished"] = num_samples, False
-    newest = max(results.glob(pattern)).name
-    _atomic_save(state, str(results), newest, f"tmp-{newest}")
+    tmp = f"{Path(newest).parent.as_posix()}/tmp-{Path(newest).name}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(cloudpickle.dumps(state))
+    fs.move(tmp, newest)  # a rename on a local disk: a kill leaves the old or the new state
     cfg = cfg.model_copy(
         update={"search": cfg.search.model_copy(update={"num_samples": num_samples})}
     )
     (results / "medtune.yaml").write_text(
         yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False)
     )
+    if is_uri(location):
+        upload(results, location, ["medtune.yaml"])
     return cfg
 
 
@@ -402,7 +461,7 @@ def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.T
         ),
         run_config=ray_tune.RunConfig(
             name=cfg.run.name,
-            storage_path=str(out.parent),
+            storage_path=cfg.run.storage if is_uri(cfg.run.storage) else str(out.parent),
             checkpoint_config=ray_tune.CheckpointConfig(
                 num_to_keep=cfg.run.checkpoints_to_keep,
                 checkpoint_score_attribute=metric,
@@ -414,10 +473,18 @@ def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.T
                     console, metric, cfg.train.max_steps, cfg.search.num_samples, mode=mode
                 ),
                 *_mlflow_callback(cfg),
+                *_mirror_callback(cfg, out),
             ],
             verbose=0,
         ),
     )
+
+
+def _mirror_callback(cfg: SweepConfig, out: Path) -> list:
+    """With a URI run.storage: keep the local results folder current for the dashboard."""
+    if not is_uri(cfg.run.storage):
+        return []
+    return [MirrorResults(run_uri(cfg.run.storage, cfg.run.name), out)]
 
 
 def _mlflow_callback(cfg: SweepConfig) -> list:

@@ -256,9 +256,14 @@ CASES = [
         ["run.name: got '../elsewhere'", "use letters, digits", "pass run.name="],
     ),
     (
-        "storage-uri",
-        ["sweep", "run.storage=s3://bucket/medtune"],
-        ["run.storage: got 's3://bucket/medtune'", "not supported yet", "NFS"],
+        "storage-uri-unknown-scheme",
+        ["sweep", "run.storage=ftp://host/medtune"],
+        ["run.storage: got 'ftp://host/medtune'", "not a storage Ray can write to", "s3://"],
+    ),
+    (
+        "confirmation-with-uri-storage",
+        ["sweep", "run.storage=s3://bucket/medtune", "export.confirm_top_k=2"],
+        ["export.confirm_top_k: got 2 with a URI run.storage", "export.confirm_top_k=0"],
     ),
     (
         "resume-lowers-nothing-but-trials",

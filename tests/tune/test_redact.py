@@ -20,3 +20,10 @@ def test_the_working_directory_is_not_masked(monkeypatch, tmp_path):
         "api_key": MASK,
         "path": str(tmp_path),
     }
+
+
+def test_keys_in_a_storage_uri_query_are_masked():
+    uri = "s3://bucket/p?endpoint_override=minio:9000&access_key=AKIA1&secret_key=s3cr3t&x=1"
+    assert redact_text(uri) == (
+        f"s3://bucket/p?endpoint_override=minio:9000&access_key={MASK}&secret_key={MASK}&x=1"
+    )

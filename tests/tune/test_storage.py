@@ -1,0 +1,124 @@
+"""`run.storage` as an S3 URI: trials write results and checkpoints through the S3 API, the
+driver keeps a local copy without checkpoints, export fetches the checkpoint it chose, and
+`--resume` restores (and extends) the sweep from the URI.
+
+No cloud store is reachable from here: moto's S3 server on 127.0.0.1 stands in for S3, as in
+Ray's own storage tests; pyarrow, Ray and medtune talk to it over HTTP like to any S3 endpoint.
+"""
+
+import json
+import os
+import subprocess
+
+import pyarrow.fs as pafs
+import pytest
+import yaml
+
+from tests.tune.conftest import MEDTUNE
+from tune.sweep_state import read_sweep
+
+pytestmark = pytest.mark.slow
+STEPS, EVERY = 10, 5
+KEYS = {
+    "AWS_ACCESS_KEY_ID": "medtune-test",
+    "AWS_SECRET_ACCESS_KEY": "medtune-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3 endpoint on 127.0.0.1 with an empty bucket; yields (storage URI, filesystem)."""
+    server_module = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
+    for key, value in KEYS.items():
+        monkeypatch.setenv(key, value)
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    fs = pafs.S3FileSystem(
+        endpoint_override=f"{host}:{port}",
+        scheme="http",
+        access_key=KEYS["AWS_ACCESS_KEY_ID"],
+        secret_key=KEYS["AWS_SECRET_ACCESS_KEY"],
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
+    fs.create_dir("medtune")
+    yield f"s3://medtune/sweeps?endpoint_override={host}:{port}&scheme=http", fs
+    server.stop()
+
+
+def medtune(*args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [MEDTUNE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def files(fs, path):
+    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+    return [i.path for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+
+
+def test_a_sweep_on_s3_storage_exports_and_resumes(s3, tmp_path, model_cache):
+    uri, fs = s3
+    local = tmp_path / "local"
+    args = [
+        "model.name=tiny-random",
+        "data.max_records=120",
+        "scheduler.name=fifo",
+        "search.num_samples=2",
+        f"train.max_steps={STEPS}",
+        f"train.eval_every={EVERY}",
+        "run.name=s3run",
+        f"run.storage={uri}",
+        f"run.local_dir={local}",
+    ]
+    proc = medtune("sweep", "--no-export", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = local / "s3run"
+
+    # On S3: medtune's files, Ray's experiment and every trial's checkpoints.
+    remote = files(fs, "medtune/sweeps/s3run")
+    names = {p.removeprefix("medtune/sweeps/s3run/") for p in remote}
+    for name in ("medtune.yaml", "data.json", "data/test.jsonl", "sweep_summary.json"):
+        assert name in names
+    assert any(n.startswith("experiment_state-") for n in names)
+    checkpoints = {n.split("/checkpoint_")[0] for n in names if "/checkpoint_" in n}
+    assert len(checkpoints) == 2  # both trials uploaded theirs
+    assert any(n.endswith("adapter_model.safetensors") for n in names)
+
+    # Locally: the same results without a single checkpoint, enough for the dashboard.
+    assert not list(out.rglob("checkpoint_*"))
+    state = read_sweep(out)
+    assert [t.status for t in state.trials] == ["completed", "completed"]
+    assert all(len(t.history) == STEPS // EVERY for t in state.trials)
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    assert summary["best"] is not None
+
+    # Export fetches the chosen checkpoint from S3 into the local folder and scores it.
+    proc = medtune("export", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((out / "export" / "metrics.json").read_text())
+    chosen = metrics["best_trial"]["checkpoint"]
+    assert (out / chosen / "adapter_model.safetensors").is_file()
+    assert f"medtune/sweeps/s3run/{chosen}/adapter_model.safetensors" in remote
+    assert len(list(out.rglob("checkpoint_*"))) == 1  # that one only
+
+    # Resume from the URI with one more trial: the two finished ones are not run again.
+    proc = medtune("sweep", "--resume", str(out), "search.num_samples=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = read_sweep(out)
+    assert len(state.trials) == 3
+    assert all(t.status == "completed" for t in state.trials)
+    assert all(len(t.history) == STEPS // EVERY for t in state.trials)  # none twice
+    with fs.open_input_stream("medtune/sweeps/s3run/medtune.yaml") as f:
+        assert yaml.safe_load(f.read())["search"]["num_samples"] == 3
+
+    # The same run name again is refused while the run exists on S3, even without a local copy.
+    (tmp_path / "elsewhere").mkdir()
+    proc = medtune(
+        "sweep", "--no-export", *args[:-1], "run.local_dir=x", cwd=tmp_path / "elsewhere"
+    )
+    assert proc.returncode == 2
+    assert "already exists under run.storage=s3://medtune/sweeps" in proc.stderr

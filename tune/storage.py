@@ -1,0 +1,157 @@
+"""Where a sweep's results live: a local folder, or a URI that Ray's storage accepts.
+
+A local `run.storage` holds the results folder itself. A URI (`s3://bucket/prefix`,
+`gs://bucket/prefix`, `abfs://...`: what `pyarrow.fs.FileSystem.from_uri` opens; an
+S3-compatible store through `?endpoint_override=host:port&scheme=http`) becomes Ray's
+`storage_path`: every node uploads its trials' results and checkpoints there itself, so no
+disk is shared. The driver then keeps the results folder at `run.local_dir/<name>`:
+medtune's own files (also uploaded, so the URI holds the whole sweep) and a copy of Ray's
+files without checkpoints, refreshed while the sweep runs (`medtune dashboard` and `report`
+read it); `export` fetches the one checkpoint it needs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow
+import pyarrow.fs as pafs
+from ray.tune import Callback
+
+from tune.errors import UserError
+from tune.redact import redact_text
+
+__all__ = [
+    "MirrorResults",
+    "URI_SCHEMES",
+    "delete_run",
+    "download_checkpoint",
+    "download_results",
+    "is_uri",
+    "open_storage",
+    "run_exists",
+    "run_uri",
+    "upload",
+]
+
+# pyarrow's filesystems (Ray's storage layer): cloud stores and HDFS.
+URI_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
+
+
+def is_uri(storage: str) -> bool:
+    return "://" in storage
+
+
+def run_uri(storage: str, name: str) -> str:
+    """The sweep's folder under a storage URI: `name` joined to the path, the query kept."""
+    parts = urlsplit(storage)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
+
+
+def open_storage(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of `uri`, or one clear error."""
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pyarrow.ArrowException, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"run.storage={redact_text(uri)}: cannot open it ({reason}); check the URI and the "
+            "store's credentials (e.g. AWS_ACCESS_KEY_ID), or use a local folder"
+        ) from err
+
+
+def run_exists(uri: str) -> bool:
+    fs, path = open_storage(uri)
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as err:
+        raise UserError(
+            f"run.storage={redact_text(uri)}: cannot reach it ({str(err).splitlines()[0]}); check "
+            "the address and credentials, or use a local folder"
+        ) from err
+
+
+def delete_run(uri: str) -> None:
+    fs, path = open_storage(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def upload(local: Path, uri: str, names: list[str]) -> None:
+    """Copy `local/<name>` (files or folders) to `uri/<name>`."""
+    fs, base = open_storage(uri)
+    for name in names:
+        src = local / name
+        if src.exists():
+            pafs.copy_files(str(src), f"{base}/{name}", destination_filesystem=fs)
+
+
+def download_results(uri: str, local: Path) -> int:
+    """Ray's files under `uri` (experiment state, trial results and errors), without the
+    checkpoints, into `local`; only files that changed. Returns how many were copied.
+
+    Each file lands by rename, so a dashboard reading `local` never sees half a file.
+    """
+    fs, base = open_storage(uri)
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    copied = 0
+    for info in fs.get_file_info(selector):
+        if info.type != pafs.FileType.File:
+            continue
+        rel = info.path[len(base) :].lstrip("/")
+        if any(part.startswith("checkpoint_") for part in rel.split("/")):
+            continue
+        dst = local / rel
+        if dst.exists() and dst.stat().st_size == info.size and _not_older(dst, info):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.part")
+        with fs.open_input_stream(info.path) as src, open(tmp, "wb") as out:
+            out.write(src.read())
+        os.replace(tmp, dst)
+        copied += 1
+    return copied
+
+
+def download_checkpoint(checkpoint, run_fs_path: str, local: Path) -> Path:
+    """A Ray `Checkpoint` on the storage into the same place under the local results folder."""
+    rel = Path(checkpoint.path).relative_to(run_fs_path)
+    dst = local / rel
+    if not dst.exists():
+        tmp = dst.with_name(f".{dst.name}.part")
+        checkpoint.to_directory(str(tmp))
+        os.replace(tmp, dst)
+    return dst
+
+
+class MirrorResults(Callback):
+    """Keep the driver's results folder current with the storage URI while Tune runs (for
+    `medtune dashboard`): at most every `every_s` seconds, and once at the end."""
+
+    def __init__(self, uri: str, local: Path, every_s: float = 10.0):
+        self.uri, self.local, self.every_s = uri, local, every_s
+        self.last = 0.0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if time.monotonic() - self.last >= self.every_s:
+            self._sync()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._sync()
+
+    def on_experiment_end(self, trials, **info):
+        self._sync()
+
+    def _sync(self) -> None:
+        self.last = time.monotonic()
+        try:
+            download_results(self.uri, self.local)
+        except OSError:
+            pass  # the next sync, or the one after the sweep, catches up
+
+
+def _not_older(dst: Path, info: pafs.FileInfo) -> bool:
+    return info.mtime is None or dst.stat().st_mtime >= info.mtime.timestamp()
