@@ -1,6 +1,7 @@
-"""`run.storage` as an S3 URI: trials write results and checkpoints through the S3 API, the
-driver keeps a local copy without checkpoints, export fetches the checkpoint it chose, and
-`--resume` restores (and extends) the sweep from the URI.
+"""`run.storage` as an S3 URI on a two-node Ray cluster: trials write results and checkpoints
+through the S3 API from the node they run on, the driver keeps a local copy without
+checkpoints, export fetches the checkpoint it chose, and `--resume` restores (and extends) the
+sweep from the URI.
 
 No cloud store is reachable from here: moto's S3 server on 127.0.0.1 stands in for S3, as in
 Ray's own storage tests; pyarrow, Ray and medtune talk to it over HTTP like to any S3 endpoint.
@@ -48,6 +49,23 @@ def s3(monkeypatch):
     server.stop()
 
 
+@pytest.fixture
+def cluster(s3):
+    """Two worker nodes with a CPU each (the head takes no trials), started after `s3` so
+    their processes hold its credentials, like nodes with an instance role."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(2):
+        c.add_node(num_cpus=1, resources={"trainer": 1})
+    c.wait_for_nodes()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
 def medtune(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
@@ -60,7 +78,7 @@ def files(fs, path):
     return [i.path for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
 
 
-def test_a_sweep_on_s3_storage_exports_and_resumes(s3, tmp_path, model_cache):
+def test_a_sweep_on_s3_storage_exports_and_resumes(s3, cluster, tmp_path, model_cache):
     uri, fs = s3
     local = tmp_path / "local"
     args = [
@@ -73,6 +91,9 @@ def test_a_sweep_on_s3_storage_exports_and_resumes(s3, tmp_path, model_cache):
         "run.name=s3run",
         f"run.storage={uri}",
         f"run.local_dir={local}",
+        "run.reuse_actors=false",  # a fresh actor per trial, placed wherever Ray has room
+        f"ray.address={cluster.address}",
+        "resources.custom={trainer: 1}",
     ]
     proc = medtune("sweep", "--no-export", *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -93,6 +114,8 @@ def test_a_sweep_on_s3_storage_exports_and_resumes(s3, tmp_path, model_cache):
     state = read_sweep(out)
     assert [t.status for t in state.trials] == ["completed", "completed"]
     assert all(len(t.history) == STEPS // EVERY for t in state.trials)
+    # From both worker nodes: neither shares a checkpoint folder with the driver's copy.
+    assert len({t.node_id for t in state.trials}) == 2
     summary = json.loads((out / "sweep_summary.json").read_text())
     assert summary["best"] is not None
 
@@ -118,7 +141,11 @@ def test_a_sweep_on_s3_storage_exports_and_resumes(s3, tmp_path, model_cache):
     # The same run name again is refused while the run exists on S3, even without a local copy.
     (tmp_path / "elsewhere").mkdir()
     proc = medtune(
-        "sweep", "--no-export", *args[:-1], "run.local_dir=x", cwd=tmp_path / "elsewhere"
+        "sweep",
+        "--no-export",
+        *(a for a in args if "local_dir" not in a),
+        "run.local_dir=x",
+        cwd=tmp_path / "elsewhere",
     )
     assert proc.returncode == 2
     assert "already exists under run.storage=s3://medtune/sweeps" in proc.stderr
