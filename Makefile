@@ -55,7 +55,8 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench.py
 	-$(BIN)/python benchmarks/data_bench.py
-	$(BIN)/python benchmarks/peer.py --sides peer,asha,fifo --repeats 3
+	$(BIN)/python benchmarks/peer.py --sides peer,asha,fifo,noreuse --repeats 3
+	$(BIN)/python benchmarks/asha.py --trials 8 --sides asha,fifo,noreuse --repeats 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

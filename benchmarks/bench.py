@@ -5,7 +5,8 @@
 Measures in one process run, on the same model, batch, sequence length and threads:
   1. the fp32 matmul peak of this machine through torch (GFLOP/s);
   2. a bare PyTorch LoRA loop (PEFT LoRA r=8 on q/v, AdamW, frozen base): tokens/s;
-  3. one medtune trial (the real `train_lora` inside a one-trial Ray Tune run): tokens/s.
+  3. one medtune trial (the real `train_lora` inside a one-trial Ray Tune run): tokens/s;
+     2 and 3 alternate, --repeats times each, with the trial's LoRA settings (r=8, dropout).
 The matmul-bound ceiling is peak / (4 x parameters) tokens/s: forward (2 FLOP per weight) and
 the input-gradient backward (2 more); LoRA's weight gradients are negligible.
   4. trial start-up: from the start of a trial's function to the start of its first training
@@ -64,14 +65,19 @@ def synthetic_examples(vocab: int, batch: int, seq: int, steps: int) -> list[dic
 def bare_loop(model_path: str, examples: list[dict], batch: int, threads: int) -> float:
     from peft import LoraConfig, get_peft_model
 
+    from trainables.config import TrainConfig
     from trainables.models import load_model
     from trainables.prompts import collate
 
     torch.set_num_threads(threads)
-    model = get_peft_model(
-        load_model(model_path),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=TrainConfig().lora_dropout,  # as the trial trains (0.05 by default)
+        target_modules=["q_proj", "v_proj"],
+        task_type="CAUSAL_LM",
     )
+    model = get_peft_model(load_model(model_path), lora)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batches = [collate(examples[i : i + batch], 0) for i in range(0, len(examples), batch)]
@@ -492,7 +498,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=9)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=3, help="of start-up, memory, levers")
+    parser.add_argument("--repeats", type=int, default=3, help="of every part")
     parser.add_argument("--mem-steps", type=int, default=2, help="training steps per memory run")
     parser.add_argument("--mem-batch", type=int, default=4, help="batch of start-up/memory/levers")
     parser.add_argument("--skip", default="", help=f"comma-separated parts of {PARTS} to skip")
@@ -527,18 +533,22 @@ def main() -> None:
     }
     if "trial" not in skip:
         examples = synthetic_examples(vocab, args.batch, args.seq, args.steps)
-        peak = matmul_gflops(args.threads)
-        ceiling = peak * 1e9 / (4 * params)
-        bare = bare_loop(path, examples, args.batch, args.threads)
-        trial = medtune_trial(path, examples, args.batch, args.threads)
-        peak_after = matmul_gflops(args.threads)
+        peaks, bare, trial = [matmul_gflops(args.threads)], [], []
+        for _ in range(args.repeats):  # alternating, so drifts in the machine hit both
+            bare.append(bare_loop(path, examples, args.batch, args.threads))
+            trial.append(medtune_trial(path, examples, args.batch, args.threads))
+        peaks.append(matmul_gflops(args.threads))
+        ceiling = statistics.median(peaks) * 1e9 / (4 * params)
         out |= {
-            "matmul_gflops": [peak, peak_after],
+            "matmul_gflops": peaks,
             "ceiling_tokens_per_s": ceiling,
-            "bare_lora_tokens_per_s": bare,
-            "medtune_trial_tokens_per_s": trial,
-            "trial_vs_bare": trial / bare,
-            "trial_vs_ceiling": trial / ceiling,
+            # Medians over the repeats; the spreads and paired ratios beside them.
+            "bare_lora_tokens_per_s": statistics.median(bare),
+            "medtune_trial_tokens_per_s": statistics.median(trial),
+            "bare_lora_runs": _spread(bare),
+            "medtune_trial_runs": _spread(trial),
+            "trial_vs_bare": _ratios(trial, bare),
+            "trial_vs_ceiling": _spread([t / ceiling for t in trial]),
         }
     data = demo_data(path)
     if {"startup", "memory"} - skip:

@@ -13,7 +13,8 @@ start included in its wall time), alternating within one process run of this scr
         `trainer.hyperparameter_search(backend="ray", hp_space=..., scheduler=ASHAScheduler(...))`
         as in the transformers docs (Ray's default random search);
   asha  `medtune sweep ... scheduler.name=asha --no-export` (the real CLI);
-  fifo  the same with `scheduler.name=fifo`.
+  fifo  the same with `scheduler.name=fifo`;
+  noreuse  asha with `run.reuse_actors=false`: a fresh Ray actor (process, imports) per trial.
 
 Every side gets the same data (medtune's demo set, split and tokenized by medtune's own
 `prepare_sweep`, so the same validation and test examples), model, search space (read from
@@ -54,7 +55,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SIDES = ("peer", "asha", "fifo")
+SIDES = ("peer", "asha", "fifo", "noreuse")
 PACKAGES = ("torch", "transformers", "peft", "ray", "optuna", "psutil")
 
 
@@ -171,9 +172,10 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
             "sweep",
             "--no-export",
             *overrides,
-            f"scheduler.name={side}",
+            f"scheduler.name={'asha' if side == 'noreuse' else side}",
             f"run.storage={work}",
             "run.name=sweep",
+            *(["run.reuse_actors=false"] if side == "noreuse" else []),
         ]
         if args.ray_address:
             cmd.append(f"ray.address={args.ray_address}")
@@ -449,7 +451,11 @@ def summarize(runs: list[dict], sides: list[str]) -> dict:
     by_repeat: dict[int, dict] = {}
     for r in runs:
         by_repeat.setdefault(r["repeat"], {})[r["side"]] = r
-    pairs = {"peer_vs_medtune": ("peer", "asha"), "fifo_vs_asha": ("fifo", "asha")}
+    pairs = {
+        "peer_vs_medtune": ("peer", "asha"),
+        "fifo_vs_asha": ("fifo", "asha"),
+        "noreuse_vs_asha": ("noreuse", "asha"),
+    }
     for name, (a, b) in pairs.items():
         if a not in sides or b not in sides:
             continue

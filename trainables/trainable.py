@@ -14,9 +14,12 @@ so ASHA can stop it and a retry resumes where it stopped.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -37,7 +40,7 @@ from trainables.loss import answer_token_loss
 from trainables.models import BaseWeights, load_model, lora_target_modules, model_from_weights
 from trainables.prompts import IGNORE_INDEX, collate
 
-__all__ = ["TrialSettings", "train_lora"]
+__all__ = ["TrialSettings", "release_memory", "train_lora"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,29 @@ def train_lora(
     `weights`: the frozen base from Ray's object store (`tune.with_parameters`), shared with
     every trial on the node; without it (or for 4-bit QLoRA) the base loads from
     `settings.model_path`. `callbacks` go to the Trainer after medtune's own (benchmarks)."""
+    try:
+        _train(config, settings, data, weights, callbacks)
+    finally:
+        release_memory()  # the trial's model and trainer are gone once _train returns
+
+
+def release_memory() -> None:
+    """Hand the memory a finished trial freed back to the OS.
+
+    With `run.reuse_actors` (the default) Ray runs the next trial in the same process, and
+    glibc keeps freed heap pages: a reused SmolLM2 trial process grew by about 300 MiB of
+    private memory per trial (measured in BENCHMARKS.md, "Reused trial processes").
+    `MEDTUNE_MALLOC_TRIM=0` turns the trim off (to measure it)."""
+    gc.collect()
+    if os.environ.get("MEDTUNE_MALLOC_TRIM", "1") == "0":
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc (macOS, musl): nothing to trim
+
+
+def _train(config, settings, data, weights, callbacks) -> None:
     torch.set_num_threads(max(1, int(settings.cpus)))
     train = settings.train
     # Seeded before LoRA's random init, so trials differ only by their hyperparameters;

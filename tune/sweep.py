@@ -71,6 +71,8 @@ __all__ = [
     "trial_settings",
 ]
 
+log = logging.getLogger(__name__)
+
 _PACKAGES = ("medtune", "torch", "transformers", "peft", "ray", "optuna", "accelerate")
 
 
@@ -199,11 +201,20 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
 
 
 def _write_summary(summary: dict, out: Path, location: str) -> None:
+    """`sweep_summary.json` in the results folder (and at the storage URI, with the last of
+    Ray's files copied down first). The sweep has finished by now: a storage hiccup costs a
+    warning, never the summary."""
     if is_uri(location):
-        download_results(location, out)  # the last of Ray's files, after Tune's final sync
+        try:
+            download_results(location, out)
+        except (OSError, UserError) as err:
+            log.warning("could not copy Ray's files from %s: %s", redact_text(location), err)
     (out / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
     if is_uri(location):
-        upload(out, location, ["sweep_summary.json"])
+        try:
+            upload(out, location, ["sweep_summary.json"])
+        except (OSError, UserError) as err:
+            log.warning("sweep_summary.json not uploaded to %s: %s", redact_text(location), err)
 
 
 # What medtune writes into a results folder before Tune starts.

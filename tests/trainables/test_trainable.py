@@ -155,3 +155,42 @@ def test_trial_base_weights_are_the_object_store_memory(
     assert m["base"] > 0 and m["in_object_store"] == m["base"]
     assert m["base_trainable"] == 0 and m["lora_trainable"] > 0
     assert m["tied"]
+
+
+_HEAP = """
+import os
+from pathlib import Path
+
+from trainables.trainable import release_memory
+
+
+def rss_mib():
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+
+
+blocks = [bytearray(b"medtune!") * 8192 for _ in range(4000)]  # 250 MiB of 64 KiB heap blocks
+keep = bytearray(b"medtune!") * 8192  # one live block above them: the heap top cannot shrink
+del blocks
+freed = rss_mib()
+release_memory()
+print(freed, rss_mib())
+"""
+
+
+@pytest.mark.parametrize("trim", ["1", "0"])
+def test_release_memory_gives_freed_heap_back_to_the_os(trim):
+    """What a reused trial process runs after each trial: the pages of what the trial freed
+    leave the process (glibc keeps them otherwise; MEDTUNE_MALLOC_TRIM=0 shows that)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MEDTUNE_MALLOC_TRIM": trim}
+    proc = subprocess.run(
+        [sys.executable, "-c", _HEAP], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    freed, after = map(int, proc.stdout.split())
+    if trim == "1":
+        assert freed - after > 150, (freed, after)
+    else:
+        assert freed - after < 50, (freed, after)
