@@ -50,13 +50,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Every benchmark, at full size (a few hours on 2 CPUs; figures in BENCHMARKS.md). The data
+# Every benchmark, at full size (about an hour on the quiet 2-core Xeon of BENCHMARKS.md, the sum
+# of its parts' run times there; hours on a slower or shared machine). The data
 # benchmark needs ../shared/data (MedQuAD); without it, it says so in one line and make goes on.
 bench: install
 	$(BIN)/python benchmarks/bench.py
 	-$(BIN)/python benchmarks/data_bench.py
 	$(BIN)/python benchmarks/peer.py --sides peer,asha,fifo,noreuse --repeats 3
 	$(BIN)/python benchmarks/asha.py --trials 8 --sides asha,fifo,noreuse --repeats 3
+	$(BIN)/python benchmarks/reuse_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
