@@ -149,3 +149,31 @@ def test_a_sweep_on_s3_storage_exports_and_resumes(s3, cluster, tmp_path, model_
     )
     assert proc.returncode == 2
     assert "already exists under run.storage=s3://medtune/sweeps" in proc.stderr
+
+
+def test_the_local_copy_skips_checkpoints_and_copies_only_what_changed(tmp_path):
+    from tune.storage import MirrorResults, download_results
+
+    remote = tmp_path / "bucket" / "run"
+    (remote / "trial_a" / "checkpoint_000001").mkdir(parents=True)
+    (remote / "trial_a" / "checkpoint_000001" / "adapter_model.safetensors").write_bytes(b"w")
+    (remote / "trial_a" / "progress.csv").write_text("step,eval_loss\n5,2.9\n")
+    (remote / "experiment_state-1.json").write_text("{}")
+    local = tmp_path / "local"
+
+    uri = remote.as_uri()  # file://: the same pyarrow code path as s3://, on this disk
+    assert download_results(uri, local) == 2
+    assert (local / "trial_a" / "progress.csv").read_text().endswith("2.9\n")
+    assert not (local / "trial_a" / "checkpoint_000001").exists()
+    assert not list(local.rglob("*.part"))
+    assert download_results(uri, local) == 0  # nothing changed, nothing copied
+
+    (remote / "trial_a" / "progress.csv").write_text("step,eval_loss\n5,2.9\n10,2.7\n")
+    mirror = MirrorResults(uri, local, every_s=3600)
+    mirror.on_trial_result(0, [], None, {})  # the first result syncs at once
+    assert (local / "trial_a" / "progress.csv").read_text().endswith("2.7\n")
+    (remote / "experiment_state-2.json").write_text("{}")
+    mirror.on_trial_result(1, [], None, {})  # within every_s: no sync
+    assert not (local / "experiment_state-2.json").exists()
+    mirror.on_experiment_end([])  # the end always syncs
+    assert (local / "experiment_state-2.json").exists()
