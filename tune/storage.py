@@ -56,11 +56,7 @@ def open_storage(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except (pyarrow.ArrowException, OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"run.storage={redact_text(uri)}: cannot open it ({reason}); check the URI and the "
-            "store's credentials (e.g. AWS_ACCESS_KEY_ID), or use a local folder"
-        ) from err
+        raise _unreachable(uri, err) from err
 
 
 def run_exists(uri: str) -> bool:
@@ -68,10 +64,15 @@ def run_exists(uri: str) -> bool:
     try:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
     except OSError as err:
-        raise UserError(
-            f"run.storage={redact_text(uri)}: cannot reach it ({str(err).splitlines()[0]}); check "
-            "the address and credentials, or use a local folder"
-        ) from err
+        raise _unreachable(uri, err) from err
+
+
+def _unreachable(uri: str, err: Exception) -> UserError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(
+        f"run.storage={redact_text(uri)}: cannot open it ({reason}); check the URI, the "
+        "store's address and credentials (e.g. AWS_ACCESS_KEY_ID), or use a local folder"
+    )
 
 
 def delete_run(uri: str) -> None:
