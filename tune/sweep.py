@@ -493,9 +493,8 @@ def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.T
 
 def _mirror_callback(cfg: SweepConfig, out: Path) -> list:
     """With a URI run.storage: keep the local results folder current for the dashboard."""
-    if not is_uri(cfg.run.storage):
-        return []
-    return [MirrorResults(run_uri(cfg.run.storage, cfg.run.name), out)]
+    location = storage_location(cfg, out)
+    return [MirrorResults(location, out)] if is_uri(location) else []
 
 
 def _mlflow_callback(cfg: SweepConfig) -> list:
