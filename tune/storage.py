@@ -90,9 +90,11 @@ def upload(local: Path, uri: str, names: list[str]) -> None:
             pafs.copy_files(str(src), f"{base}/{name}", destination_filesystem=fs)
 
 
-def download_results(uri: str, local: Path) -> int:
+def download_results(uri: str, local: Path, *, every_file: bool = False) -> int:
     """Ray's files under `uri` (experiment state, trial results and errors), without the
-    checkpoints, into `local`; only files that changed. Returns how many were copied.
+    checkpoints, into `local`; only files that changed, or `every_file` (the final copy: a
+    rewrite within the same second, at the same size, looks unchanged, since object stores
+    keep whole-second modification times). Returns how many were copied.
 
     Each file lands by rename, so a dashboard reading `local` never sees half a file.
     """
@@ -106,12 +108,15 @@ def download_results(uri: str, local: Path) -> int:
         if any(part.startswith("checkpoint_") for part in rel.split("/")):
             continue
         dst = local / rel
-        if dst.exists() and dst.stat().st_size == info.size and _not_older(dst, info):
+        if not every_file and _unchanged(dst, info):
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.part")
         with fs.open_input_stream(info.path) as src, open(tmp, "wb") as out:
             out.write(src.read())
+        if info.mtime is not None:  # the storage's time, so the next check compares like
+            stamp = info.mtime.timestamp()
+            os.utime(tmp, (stamp, stamp))
         os.replace(tmp, dst)
         copied += 1
     return copied
@@ -154,5 +159,10 @@ class MirrorResults(Callback):
             pass  # the next sync, or the one after the sweep, catches up
 
 
-def _not_older(dst: Path, info: pafs.FileInfo) -> bool:
-    return info.mtime is None or dst.stat().st_mtime >= info.mtime.timestamp()
+def _unchanged(dst: Path, info: pafs.FileInfo) -> bool:
+    """Same size and the storage's modification time of the version last copied."""
+    if not dst.exists():
+        return False
+    stat = dst.stat()
+    same_time = info.mtime is None or stat.st_mtime == info.mtime.timestamp()
+    return stat.st_size == info.size and same_time

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import os
 import platform
 import shutil
 from dataclasses import dataclass, field
@@ -206,7 +207,7 @@ def _write_summary(summary: dict, out: Path, location: str) -> None:
     warning, never the summary."""
     if is_uri(location):
         try:
-            download_results(location, out)
+            download_results(location, out, every_file=True)
         except (OSError, UserError) as err:
             log.warning("could not copy Ray's files from %s: %s", redact_text(location), err)
     (out / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
@@ -413,12 +414,25 @@ def _snapshot_at_every_checkpoint() -> None:
     _ExperimentCheckpointManager.on_trial_checkpoint = on_trial_checkpoint
 
 
+def use_normal_priority_workers() -> None:
+    """Have the Ray started next run its workers (the trials) at niceness 0, not Ray's 15.
+
+    At 15, every wake-up of Ray's own threads and daemons preempts a trial thread at once, and
+    its other torch threads wait for it at the next barrier: a trial using all the cores lost
+    about 5% of its speed to that on a 2-core machine (BENCHMARKS.md, "Trial efficiency").
+    Trials are the work here, not background load. A cluster joined by address keeps the
+    setting its `ray start` had (docs/cluster.md)."""
+    os.environ.setdefault("RAY_worker_niceness", "0")
+
+
 def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:
     """Join `ray.address`, or start Ray here with its dashboard bound to 127.0.0.1."""
     if ray.is_initialized():
         return
     # Starting Ray takes dashboard settings; joining a cluster refuses them.
     local = {"include_dashboard": cfg.ray.dashboard, "dashboard_host": "127.0.0.1"}
+    if not cfg.ray.address:
+        use_normal_priority_workers()
     # Trial stdout would drown the progress lines; Tune keeps each trial's log and error.
     context = ray.init(
         # "local", not None: Ray would join the cluster that `ray start` last started on this

@@ -51,9 +51,14 @@ def test_bench_smoke(tmp_path, model_cache):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = tmp_path.glob("*.json")
     data = json.loads(result.read_text())
-    for key in ("ceiling_tokens_per_s", "bare_lora_tokens_per_s", "medtune_trial_tokens_per_s"):
-        assert data[key] > 0
-    assert all(g > 0 for g in data["matmul_gflops"])
+    trial = data["trial"]
+    assert "fp32" in trial  # and bf16 where train.precision=auto picks it (AMX CPUs)
+    for precision in set(trial) - {"auto_vs_fp32_trial"}:
+        part = trial[precision]
+        for key in ("ceiling_tokens_per_s", "bare_lora_tokens_per_s", "medtune_trial_tokens_per_s"):
+            assert part[key] > 0
+        assert all(g > 0 for g in part["matmul_gflops"])
+        assert part["trial_vs_bare"]["median"] > 0
     assert data["machine"]["cores"] >= 1 and data["machine"]["transformers"]
     levers = data["levers"]
     assert 0 < levers["answer_logits"]["scored_share"] < 1  # the prompt is not scored

@@ -1,5 +1,6 @@
 """The trainable inside a real Ray Tune run: reports, checkpoints, resume after a failure."""
 
+import dataclasses
 import os
 from unittest import mock
 
@@ -11,6 +12,7 @@ from trainables.config import DataConfig, ModelConfig, TrainConfig
 from trainables.data import load_records, split_records
 from trainables.evaluation import answer_loss
 from trainables.models import base_weights, load_model
+from trainables.precision import autocast
 from trainables.prompts import encode_records
 from trainables.trainable import TrialSettings, _lora_model, train_lora
 
@@ -84,13 +86,18 @@ def test_failed_trial_resumes_from_its_checkpoint(
     assert result.metrics["step"] == 20
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_reported_loss_is_the_checkpoint_loss(
-    ray_2_cpus, tmp_path, tiny_model_path, tiny_tokenizer, data
+    ray_2_cpus, tmp_path, tiny_model_path, tiny_tokenizer, data, precision
 ):
+    settings = _settings(tiny_model_path, tiny_tokenizer)
+    settings = dataclasses.replace(
+        settings, train=settings.train.model_copy(update={"precision": precision})
+    )
     tuner = ray_tune.Tuner(
         ray_tune.with_parameters(
             train_lora,
-            settings=_settings(tiny_model_path, tiny_tokenizer),
+            settings=settings,
             data=data,
             weights=base_weights(tiny_model_path),
         ),
@@ -102,8 +109,10 @@ def test_reported_loss_is_the_checkpoint_loss(
     df = result.metrics_dataframe
     assert len(df) == 4
     assert df["eval_loss"].iloc[-1] < df["eval_loss"].iloc[0]  # it learns
+    assert set(df["precision"]) == {precision}
     model = PeftModel.from_pretrained(load_model(tiny_model_path), result.checkpoint.path)
-    loss = answer_loss(model, data["validation"], 8, tiny_tokenizer.pad_token_id)
+    with autocast(precision):  # the trial evaluates in the precision it trains in
+        loss = answer_loss(model, data["validation"], 8, tiny_tokenizer.pad_token_id)
     assert loss == pytest.approx(result.metrics["eval_loss"], rel=1e-5)
 
 

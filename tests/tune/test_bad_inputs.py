@@ -276,6 +276,11 @@ CASES = [
         ["model.quantization: got '4bit'", "CUDA GPUs only", "model.quantization=none"],
     ),
     (
+        "fp16-without-gpu",
+        ["sweep", "train.precision=fp16"],
+        ["train.precision: got 'fp16'", "CUDA GPUs only", "train.precision=auto"],
+    ),
+    (
         "table-without-path",
         ["sweep", "data.source=table"],
         ["data.path: empty", "data.source=table reads from a path", "set data.path="],

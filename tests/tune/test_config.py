@@ -75,6 +75,8 @@ def test_every_problem_is_reported_at_once():
         (["scheduler.reduction_factor=1"], r"scheduler.reduction_factor: got 1"),
         (["model.quantization=4bit"], r"model.quantization: got '4bit', but resources.gpus_per"),
         (["model.quantization=8bit"], r"model.quantization: got '8bit'; input should be"),
+        (["train.precision=fp16"], r"train.precision: got 'fp16', but resources.gpus_per_t"),
+        (["train.precision=fp8"], r"train.precision: got 'fp8'; input should be"),
     ],
 )
 def test_bad_values_name_key_value_and_rule(overrides, message):
@@ -89,6 +91,8 @@ def test_4bit_without_cuda_is_refused_before_ray_starts():
         pytest.skip("this machine has CUDA; the refusal is for machines without it")
     with pytest.raises(ConfigError, match=r"this machine has no CUDA GPU and ray.address is empty"):
         load_config(None, ["model.quantization=4bit", "resources.gpus_per_trial=1"])
+    with pytest.raises(ConfigError, match=r"train.precision: got 'fp16', but this machine has no"):
+        load_config(None, ["train.precision=fp16", "resources.gpus_per_trial=1"])
 
 
 def test_bad_yaml_files(tmp_path):

@@ -177,3 +177,29 @@ def test_the_local_copy_skips_checkpoints_and_copies_only_what_changed(tmp_path)
     assert not (local / "experiment_state-2.json").exists()
     mirror.on_experiment_end([])  # the end always syncs
     assert (local / "experiment_state-2.json").exists()
+
+
+def test_a_same_size_rewrite_is_copied(tmp_path):
+    """Object stores keep whole seconds: a rewrite at the same size within the second of the
+    last copy looks unchanged to a size-and-time check; a new time, or the final copy, not."""
+    import os
+
+    from tune.storage import download_results
+
+    remote = tmp_path / "bucket" / "run"
+    remote.mkdir(parents=True)
+    state = remote / "experiment_state-1.json"
+    state.write_text('{"status": "RUNNING___"}')
+    os.utime(state, (1000, 1000))
+    local = tmp_path / "local"
+    uri = remote.as_uri()
+    assert download_results(uri, local) == 1
+    state.write_text('{"status": "TERMINATED"}')  # same size
+    os.utime(state, (1000, 1000))  # and the same whole second
+    assert download_results(uri, local) == 0
+    assert download_results(uri, local, every_file=True) == 1  # what the sweep's end does
+    assert "TERMINATED" in (local / "experiment_state-1.json").read_text()
+    state.write_text('{"status": "RUNNING___"}')
+    os.utime(state, (1001, 1001))  # a later second: copied, even though the local file is
+    assert download_results(uri, local) == 1  # newer on this disk than the remote's time
+    assert "RUNNING" in (local / "experiment_state-1.json").read_text()

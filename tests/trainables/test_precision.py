@@ -1,0 +1,34 @@
+"""`train.precision`: what auto resolves to here, and that bf16 trains in bf16 on the CPU."""
+
+import pytest
+import torch
+
+from trainables.precision import autocast, cpu_has_amx, resolve_precision
+
+
+def test_explicit_precisions_are_kept():
+    for precision in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(precision) == precision
+
+
+def test_auto_follows_this_machine():
+    if torch.cuda.is_available():
+        expected = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    else:
+        # /proc/cpuinfo is the kernel's word on AMX, independent of torch's probe.
+        try:
+            flags = open("/proc/cpuinfo").read()
+        except OSError:
+            pytest.skip("no /proc/cpuinfo to check AMX against")
+        assert cpu_has_amx() == ("amx_tile" in flags)
+        expected = "bf16" if "amx_tile" in flags else "fp32"
+    assert resolve_precision("auto") == expected
+
+
+def test_autocast_computes_matmuls_in_the_precision():
+    a = torch.randn(4, 4)
+    with autocast("fp32"):
+        assert (a @ a).dtype == torch.float32
+    if not torch.cuda.is_available():
+        with autocast("bf16"):
+            assert (a @ a).dtype == torch.bfloat16
