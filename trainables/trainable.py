@@ -202,7 +202,11 @@ class _AnswerTokenTrainer(Trainer):
     loss_is_scaled_for_ga = True  # normalized over the whole accumulated batch below
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = answer_token_loss(model, inputs, reduction="sum")
+        # Accelerate puts mixed precision's autocast around `model.forward` only; the answer
+        # loss calls the decoder stack and the head directly, so it enters autocast itself
+        # (without this, bf16=True trained in fp32: BENCHMARKS.md, "Precision").
+        with self.accelerator.autocast():
+            loss = answer_token_loss(model, inputs, reduction="sum")
         if num_items_in_batch is None:  # the Trainer counts them for models taking loss kwargs
             count = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
             num_items_in_batch = max(1, count) * self.current_gradient_accumulation_steps

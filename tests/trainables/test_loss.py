@@ -81,10 +81,7 @@ def test_lora_gradients_match_the_full_logits_loss(tiny_model_path):
         assert torch.allclose(full, ours, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_trainer_steps_equal_the_default_loss_steps(tiny_model_path, tmp_path, accumulation):
-    """Two optimizer steps with medtune's Trainer and with the stock one end at the same
-    weights, with and without gradient accumulation (token-weighted across micro-batches)."""
+def _rows() -> list[dict]:
     data = []
     for seed in range(8):
         b = batch(vocab=512, seed=seed)
@@ -93,17 +90,25 @@ def test_trainer_steps_equal_the_default_loss_steps(tiny_model_path, tmp_path, a
             data.append(
                 {"input_ids": b["input_ids"][i, :n].tolist(), "labels": b["labels"][i, :n].tolist()}
             )
+    return data
 
-    def collate(rows):
-        width = max(len(r["input_ids"]) for r in rows)
-        out = {"input_ids": [], "labels": [], "attention_mask": []}
-        for r in rows:
-            pad = width - len(r["input_ids"])
-            out["input_ids"].append(r["input_ids"] + [0] * pad)
-            out["labels"].append(r["labels"] + [IGNORE_INDEX] * pad)
-            out["attention_mask"].append([1] * len(r["input_ids"]) + [0] * pad)
-        return {k: torch.tensor(v) for k, v in out.items()}
 
+def _collate(rows):
+    width = max(len(r["input_ids"]) for r in rows)
+    out = {"input_ids": [], "labels": [], "attention_mask": []}
+    for r in rows:
+        pad = width - len(r["input_ids"])
+        out["input_ids"].append(r["input_ids"] + [0] * pad)
+        out["labels"].append(r["labels"] + [IGNORE_INDEX] * pad)
+        out["attention_mask"].append([1] * len(r["input_ids"]) + [0] * pad)
+    return {k: torch.tensor(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_trainer_steps_equal_the_default_loss_steps(tiny_model_path, tmp_path, accumulation):
+    """Two optimizer steps with medtune's Trainer and with the stock one end at the same
+    weights, with and without gradient accumulation (token-weighted across micro-batches)."""
+    data, collate = _rows(), _collate
     ends = []
     for cls in (Trainer, _AnswerTokenTrainer):
         torch.manual_seed(0)
@@ -128,3 +133,29 @@ def test_trainer_steps_equal_the_default_loss_steps(tiny_model_path, tmp_path, a
         ends.append([p.detach().clone() for p in model.parameters() if p.requires_grad])
     for default, ours in zip(*ends, strict=True):
         assert torch.allclose(default, ours, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_trainer_multiplies_in_the_precision_it_was_given(tiny_model_path, tmp_path, bf16):
+    """Accelerate's autocast wraps `model.forward`, which the answer loss bypasses: every
+    linear layer (base, LoRA and head) must still compute in bf16 when bf16=True."""
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    model = get_peft_model(load_model(tiny_model_path), lora)
+    seen = set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda m, i, out: seen.add(out.dtype))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=3,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=bf16,
+        remove_unused_columns=False,
+    )
+    _AnswerTokenTrainer(
+        model=model, args=args, train_dataset=_rows(), data_collator=_collate
+    ).train()
+    assert seen == {torch.bfloat16 if bf16 else torch.float32}
