@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import json
 import os
 import platform
@@ -635,4 +636,7 @@ def _cpu_name() -> str:
 
 
 if __name__ == "__main__":
+    # One run of this script (2026-11-29, 09:30) died of SIGSEGV at interpreter exit, after
+    # its JSON was written; a crash like that now prints every thread's Python stack.
+    faulthandler.enable()
     main()
