@@ -2,10 +2,10 @@
 
 `train.precision=auto` picks what the trial's own hardware multiplies fastest: bf16 on a GPU
 that supports it (fp16 on older ones), bf16 on a CPU with AMX tiles (Intel Xeon Sapphire
-Rapids and later: 2.2x the fp32 step rate for SmolLM2 in BENCHMARKS.md, "Precision"), fp32
-on other CPUs, where bf16 is emulated or barely faster. Mixed precision in every case: the
-weights stay fp32 and matmuls run in bf16/fp16 under autocast, as the Trainer does for
-`bf16=True`; losses are computed in fp32.
+Rapids and later: 1.79-1.97x the fp32 trial's rate for SmolLM2 in BENCHMARKS.md, "One
+trial's training throughput, fp32 and bf16"), fp32 on other CPUs, where bf16 is emulated or
+barely faster. Mixed precision in every case: the weights stay fp32 and matmuls run in
+bf16/fp16 under autocast, as the Trainer does for `bf16=True`; losses are computed in fp32.
 """
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ def _training_args(
         disable_tqdm=True,
         seed=int(config.get("seed", train.seed)),
         use_cpu=not cuda,
-        bf16=precision == "bf16",  # autocast on CPU too (AMX: BENCHMARKS.md, "Precision")
+        bf16=precision == "bf16",  # autocast on CPU too (trainables/precision.py)
         fp16=precision == "fp16",
         dataloader_pin_memory=cuda,
         remove_unused_columns=False,
@@ -204,7 +204,7 @@ class _AnswerTokenTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Accelerate puts mixed precision's autocast around `model.forward` only; the answer
         # loss calls the decoder stack and the head directly, so it enters autocast itself
-        # (without this, bf16=True trained in fp32: BENCHMARKS.md, "Precision").
+        # (without this, bf16=True trained in fp32: BENCHMARKS.md, second 2026-11-29 section).
         with self.accelerator.autocast():
             loss = answer_token_loss(model, inputs, reduction="sum")
         if num_items_in_batch is None:  # the Trainer counts them for models taking loss kwargs

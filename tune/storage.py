@@ -114,9 +114,8 @@ def download_results(uri: str, local: Path, *, every_file: bool = False) -> int:
         tmp = dst.with_name(f".{dst.name}.part")
         with fs.open_input_stream(info.path) as src, open(tmp, "wb") as out:
             out.write(src.read())
-        if info.mtime is not None:  # the storage's time, so the next check compares like
-            stamp = info.mtime.timestamp()
-            os.utime(tmp, (stamp, stamp))
+        if info.mtime_ns is not None:  # the storage's time, so the next check compares like
+            os.utime(tmp, ns=(info.mtime_ns, info.mtime_ns))
         os.replace(tmp, dst)
         copied += 1
     return copied
@@ -164,5 +163,5 @@ def _unchanged(dst: Path, info: pafs.FileInfo) -> bool:
     if not dst.exists():
         return False
     stat = dst.stat()
-    same_time = info.mtime is None or stat.st_mtime == info.mtime.timestamp()
+    same_time = info.mtime_ns is None or stat.st_mtime_ns == info.mtime_ns
     return stat.st_size == info.size and same_time
