@@ -128,7 +128,8 @@ def medtune_trial(
         cpus=threads,
     )
     use_normal_priority_workers()  # as `medtune sweep` starts its local Ray
-    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False)
+    # "local": never join a `ray start` cluster that happens to run on this machine.
+    ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tuner = ray_tune.Tuner(
@@ -588,7 +589,12 @@ def main() -> None:
     if {"startup", "memory"} - skip:
         import ray
 
-        ray.init(num_cpus=max(2, args.threads), include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=max(2, args.threads),
+            include_dashboard=False,
+            log_to_driver=False,
+        )
         try:
             if "startup" not in skip:
                 out["startup_s"] = startup(args.model, path, data, args.repeats, args.threads)

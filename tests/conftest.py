@@ -50,6 +50,8 @@ def ray_2_cpus():
     """One local Ray for the session, as Ray's own `ray_start_2_cpus`."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": a bare ray.init() joins the newest `ray start` cluster on this machine, such as
+    # the two-node cluster of tests/tune/test_storage.py running in the other test worker.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

@@ -95,7 +95,8 @@ def run_serve(args, console: Console) -> int:
             "authentication (CVE-2023-48022, 'ShadowRay'); put an authenticating reverse proxy "
             "in front. See docs/security.md."
         )
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    # "local", as the sweep: a bare ray.init() would join whatever `ray start` last started here.
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(args.model_dir), name="medtune", route_prefix="/")
     console.print(f"Serving {args.model_dir} on http://{args.host}:{args.port} (Ctrl-C stops)")

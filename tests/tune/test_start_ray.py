@@ -11,7 +11,7 @@ _PROBE = """
 import os, ray
 from tune.sweep import use_normal_priority_workers
 {setup}
-ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
 print(ray.get(ray.remote(lambda: os.nice(0)).remote()))
 """
 
