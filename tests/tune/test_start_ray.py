@@ -1,5 +1,6 @@
 """The Ray a sweep starts on this machine runs its trials at normal priority."""
 
+import os
 import subprocess
 import sys
 
@@ -9,17 +10,22 @@ pytestmark = pytest.mark.slow
 
 _PROBE = """
 import os, ray
-from tune.sweep import use_normal_priority_workers
-{setup}
-ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+{start}
 print(ray.get(ray.remote(lambda: os.nice(0)).remote()))
 """
+# Ray's own default, for contrast: the same local start without medtune's start_ray.
+_BARE = 'ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)'
+_SWEEP = (
+    "from tune.config import load_config\n"
+    "from tune.sweep import start_ray\n"
+    'start_ray(load_config(None, ["ray.dashboard=false"]))'
+)
 
 
-def _worker_niceness(setup: str) -> int:
-    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_worker_niceness"}
+def _worker_niceness(start: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_worker_niceness"}
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(setup=setup)],
+        [sys.executable, "-c", _PROBE.format(start=start)],
         capture_output=True,
         text=True,
         env=env,
@@ -30,5 +36,5 @@ def _worker_niceness(setup: str) -> int:
 
 
 def test_trials_run_at_niceness_zero_not_rays_fifteen():
-    assert _worker_niceness("") == 15  # Ray's own default, which the sweep changes
-    assert _worker_niceness("use_normal_priority_workers()") == 0
+    assert _worker_niceness(_BARE) == 15
+    assert _worker_niceness(_SWEEP) == 0
