@@ -45,13 +45,17 @@ def tiny_tokenizer(tiny_model_path):
     return load_tokenizer(tiny_model_path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_2_cpus():
-    """One local Ray for the session, as Ray's own `ray_start_2_cpus`."""
+    """A local Ray with 2 CPUs (as Ray's own `ray_start_2_cpus`), shared by the modules that
+    use it: started again where an earlier test module shut it down (the cluster tests drive
+    their own) or left one of another size running; Ray's atexit hook stops it at the end."""
     import ray
 
-    # "local": a bare ray.init() joins the newest `ray start` cluster on this machine, such as
-    # the two-node cluster of tests/tune/test_storage.py running in the other test worker.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if ray.is_initialized() and ray.cluster_resources().get("CPU") != 2:
+        ray.shutdown()
+    if not ray.is_initialized():
+        # "local": a bare ray.init() joins the newest `ray start` cluster on this machine, such
+        # as the two-node cluster of tests/tune/test_storage.py running in the other worker.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
-    ray.shutdown()
