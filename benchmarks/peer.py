@@ -16,7 +16,10 @@ start included in its wall time), alternating within one process run of this scr
         peer side gets bf16 (AMX CPUs): what a user who does not pass bf16=True runs;
   asha  `medtune sweep ... scheduler.name=asha --no-export` (the real CLI);
   fifo  the same with `scheduler.name=fifo`;
-  noreuse  asha with `run.reuse_actors=false`: a fresh Ray actor (process, imports) per trial.
+  noreuse  asha with `run.reuse_actors=false`: a fresh Ray actor (process, imports) per trial;
+  together  asha with `TUNE_MAX_PENDING_TRIALS_PG` at this machine's trial slots: the first
+        trials start at once, where Tune's default with a searcher (1 pending trial) starts
+        them one by one, each once the last one's process is up (docs/architecture.md).
 
 Every side gets the same data (medtune's demo set, split and tokenized by medtune's own
 `prepare_sweep`, so the same validation and test examples), model, search space (read from
@@ -58,7 +61,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SIDES = ("peer", "peer_fp32", "asha", "fifo", "noreuse")
+SIDES = ("peer", "peer_fp32", "asha", "fifo", "noreuse", "together")
 PACKAGES = ("torch", "transformers", "peft", "ray", "optuna", "psutil")
 
 
@@ -164,6 +167,9 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
         # Its own Ray, found by no one else and finding no one else's (`ray start` clusters
         # are looked up under the temp dir).
         env["RAY_TMPDIR"] = str(Path(tempfile.mkdtemp(prefix="rb-", dir="/tmp")))
+    if side == "together":
+        slots = int((os.cpu_count() or 1) // args.cpus_per_trial)
+        env["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, min(slots, args.trials)))
     overrides = medtune_overrides(args, seed)
     if side.startswith("peer"):
         spec = {
@@ -180,7 +186,7 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
             "sweep",
             "--no-export",
             *overrides,
-            f"scheduler.name={'asha' if side == 'noreuse' else side}",
+            f"scheduler.name={'fifo' if side == 'fifo' else 'asha'}",
             f"run.storage={work}",
             "run.name=sweep",
             *(["run.reuse_actors=false"] if side == "noreuse" else []),
@@ -189,6 +195,7 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
             cmd.append(f"ray.address={args.ray_address}")
     load0 = os.getloadavg()
     begun = datetime.now().isoformat(timespec="seconds")
+    epoch = time.time()
     code = _code_version()
     with open(work / "log.txt", "w") as log:
         start = time.perf_counter()
@@ -239,6 +246,7 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
                 }
                 for t in summary["trials"]
             ],
+            "trial_starts_s": _trial_starts(work / "sweep", epoch),
             "reported_best_val_loss": summary["best"]["best_eval_loss"],
             "winner_checkpoint": str(ckpt),
             "winner_step": metrics["step"],
@@ -249,6 +257,16 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
         run["ray_tmp_bytes"] = du(Path(env["RAY_TMPDIR"]))
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     return run
+
+
+def _trial_starts(run: Path, epoch: float) -> list[float]:
+    """Seconds from the subprocess's start to each trial's start (its first report's timestamp
+    less the time it had run), sorted."""
+    starts = []
+    for result in run.glob("trial_*/result.json"):
+        first = json.loads(result.read_text().splitlines()[0])
+        starts.append(round(first["timestamp"] - first["time_total_s"] - epoch, 2))
+    return sorted(starts)
 
 
 # -- scoring the winners the same way ----------------------------------------------------------
@@ -468,6 +486,7 @@ def summarize(runs: list[dict], sides: list[str]) -> dict:
         "peer_fp32_vs_medtune": ("peer_fp32", "asha"),
         "fifo_vs_asha": ("fifo", "asha"),
         "noreuse_vs_asha": ("noreuse", "asha"),
+        "together_vs_asha": ("together", "asha"),
     }
     for name, (a, b) in pairs.items():
         if a not in sides or b not in sides:
@@ -489,6 +508,12 @@ def summarize(runs: list[dict], sides: list[str]) -> dict:
                 for rep in reps
             ],
         }
+        if all("trial_starts_s" in rep[side] for rep in reps for side in (a, b)):
+            # Seconds from the run's start until its first trial, and until the second.
+            for i, what in enumerate(("first", "second")):
+                ratio[f"{what}_trial_start_s_difference"] = [
+                    rep[a]["trial_starts_s"][i] - rep[b]["trial_starts_s"][i] for rep in reps
+                ]
         out[name] = {k: {**spread(v), "per_repeat": v} for k, v in ratio.items()}
     return out
 

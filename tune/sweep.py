@@ -68,7 +68,6 @@ __all__ = [
     "saved_training_data",
     "shared_weights",
     "start_ray",
-    "start_trials_together",
     "storage_location",
     "trial_settings",
 ]
@@ -185,7 +184,6 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
     if is_uri(location):
         upload(out, location, _INPUT_FILES)
     start_ray(cfg, console)
-    start_trials_together(cfg)
     _snapshot_at_every_checkpoint()
     tuner = _build_tuner(prep, out, console)
     console.print(
@@ -330,7 +328,6 @@ def resume_sweep(
         console.print(f"Extending sweep [bold]{cfg.run.name}[/] to {num_samples} trials")
     model_path, pad_id, data = saved_training_data(results, cfg)
     start_ray(cfg, console)
-    start_trials_together(cfg)
     _snapshot_at_every_checkpoint()
     trainable = _trainable(cfg, trial_settings(cfg, model_path, pad_id), data)
     tuner = ray_tune.Tuner.restore(
@@ -426,33 +423,6 @@ def use_normal_priority_workers() -> None:
     Trials are the work here, not background load. A cluster joined by address keeps the
     setting its `ray start` had (docs/cluster.md)."""
     os.environ.setdefault("RAY_worker_niceness", "0")
-
-
-_PENDING = "TUNE_MAX_PENDING_TRIALS_PG"
-_USER_PENDING = os.environ.get(_PENDING)  # read before any sweep in this process sets it
-
-
-def start_trials_together(cfg: SweepConfig) -> int:
-    """Let Tune start as many trials at once as the cluster holds now; return that number.
-
-    With a searcher, Tune keeps one trial pending at a time (`TUNE_MAX_PENDING_TRIALS_PG`
-    "auto"), and a trial stops pending only once its actor is up: a sweep's first trials
-    started one after another, each after the previous one's process had imported torch and
-    transformers (about 5 s apart on the 2-core machine of BENCHMARKS.md; 16 GPU trials would
-    take over a minute to all start). Ray itself allows `max_concurrent_trials` pending when
-    that is set; this does the same for the trials the current resources fit. Later trials
-    still start one by one as slots free up, each suggested with every result so far. A
-    value the user exported is kept."""
-    resources = ray.cluster_resources()
-    fits = [
-        int(resources.get(name.upper() if name in ("cpu", "gpu") else name, 0) // amount)
-        for name, amount in trial_resources(cfg).items()
-        if amount > 0
-    ]
-    slots = min([*fits, cfg.resources.max_concurrent_trials or cfg.search.num_samples])
-    slots = max(1, min(slots, cfg.search.num_samples))
-    os.environ[_PENDING] = _USER_PENDING or str(slots)
-    return int(os.environ[_PENDING])
 
 
 def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:

@@ -51,6 +51,9 @@ def test_peer_and_asha_benchmarks_produce_their_numbers(tmp_path, model_cache, r
         assert run["disk_checkpoint_bytes"] > 0
         assert 0 < run["steps_trained"] <= 2 * 4
         assert len(run["trials"]) == 2
+        if not run["side"].startswith("peer"):  # when each trial started, from its reports
+            assert len(run["trial_starts_s"]) == 2
+            assert 0 < run["trial_starts_s"][0] <= run["trial_starts_s"][1] < run["wall_s"]
     summary = out["summary"]
     for pair in ("peer_vs_medtune", "fifo_vs_asha", "noreuse_vs_asha"):
         for key in ("wall_time", "steps", "peak_pss", "best_val_loss_gain"):
