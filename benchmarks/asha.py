@@ -3,10 +3,12 @@
     python benchmarks/asha.py [--model smollm2-135m] [--trials 4] [--steps 16] [--repeats 3]
 
 Both sides are the real CLI (`medtune sweep --no-export`) as subprocesses, alternating within
-one process run, with the same search seed in a repeat (seed = repeat index). Measured: training
-steps spent, wall time, best validation loss (medtune's `answer_loss` of each sweep's best
-checkpoint, re-scored the same way), test loss of that checkpoint, peak memory and disk. The
-machinery is `benchmarks/peer.py`'s (`--sides peer,asha,fifo` there runs all three at once).
+one process run, with the same search seed (`--seed`, default 0) in every repeat: both sides
+and all repeats draw the same configurations, and ASHA's decisions still vary with timing.
+Measured: training steps spent, wall time, best validation loss (medtune's `answer_loss` of
+each sweep's best checkpoint, re-scored the same way), test loss of that checkpoint, peak
+memory and disk. The machinery is `benchmarks/peer.py`'s (`--sides peer,asha,fifo` there runs
+all three at once).
 Results: benchmarks/results/<date>-asha-<model>.json.
 """
 
