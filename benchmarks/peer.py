@@ -261,7 +261,8 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
 
 def _trial_starts(run: Path, epoch: float) -> list[float]:
     """Seconds from the subprocess's start to each trial's start (its first report's timestamp
-    less the time it had run), sorted."""
+    less the time it had run), sorted; to within a second, as Tune's timestamps are whole
+    seconds."""
     starts = []
     for result in run.glob("trial_*/result.json"):
         first = json.loads(result.read_text().splitlines()[0])
