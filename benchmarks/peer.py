@@ -509,7 +509,7 @@ def summarize(runs: list[dict], sides: list[str]) -> dict:
                 for rep in reps
             ],
         }
-        if all("trial_starts_s" in rep[side] for rep in reps for side in (a, b)):
+        if all(len(rep[side].get("trial_starts_s", [])) >= 2 for rep in reps for side in (a, b)):
             # Seconds from the run's start until its first trial, and until the second.
             for i, what in enumerate(("first", "second")):
                 ratio[f"{what}_trial_start_s_difference"] = [
