@@ -400,18 +400,33 @@ def _extend(results: Path, location: str, cfg: SweepConfig, num_samples: int) ->
 
 def _snapshot_at_every_checkpoint() -> None:
     """Have Tune save its experiment state (what `--resume` reads) after every trial
-    checkpoint. Tune saves it every 10 s at most, or once a trial has checkpointed
-    `num_to_keep` times: a driver killed in between resumed trials from an older checkpoint
-    (2 evaluation intervals re-run with the default keep of 2, tests/tune/test_resume.py),
-    and that checkpoint could already be deleted as not among the best. Now a kill loses at
-    most the report in flight. Ray 2.60's private hook (pinned in pyproject.toml)."""
-    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+    checkpoint, and wait for it on storage before the trial is told to go on.
 
-    def on_trial_checkpoint(self, trial) -> None:
-        self._should_force_sync_up = True
-        self._excessive_sync_threshold = 0  # its "snapshotting too often" warning: intended
+    Tune saves it every 10 s at most, or once a trial has checkpointed `num_to_keep` times,
+    and in the background: a driver killed in between resumed trials from an older
+    checkpoint, and that checkpoint could already be deleted as not among the best. Forcing
+    a background save at each checkpoint was not enough: a busy driver could still be
+    copying the state while the trial, already told to go on, uploaded its next checkpoint,
+    so a kill lost two intervals (tests/tune/test_resume.py caught it in CI). Saving it
+    synchronously between registering the checkpoint and scheduling the trial's next
+    interval makes the bound strict: a kill loses at most the interval in flight. Cost: one
+    small state write per evaluation, in the driver. Ray 2.60's private
+    `TuneController._process_trial_save` (Ray is pinned in pyproject.toml)."""
+    from ray.tune.execution.tune_controller import TuneController
 
-    _ExperimentCheckpointManager.on_trial_checkpoint = on_trial_checkpoint
+    # Tune warns of "snapshotting too often" when `num_to_keep` is 1: here it is intended.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    process = TuneController._process_trial_save
+    if getattr(process, "medtune", False):
+        return
+
+    def process_and_snapshot(self, trial, checkpoint_value) -> None:
+        process(self, trial, checkpoint_value)
+        if checkpoint_value.checkpoint:
+            self.checkpoint(force=True, wait=True)
+
+    process_and_snapshot.medtune = True
+    TuneController._process_trial_save = process_and_snapshot
 
 
 def use_normal_priority_workers() -> None:

@@ -308,3 +308,46 @@ def test_killed_driver_several_times_then_resume(tmp_path, model_cache, drivers)
     searcher = pickle.loads(state.read_bytes())
     study = searcher["_ot_study"] if isinstance(searcher, dict) else searcher._ot_study
     assert [t.state.name for t in study.trials].count("COMPLETE") == SAMPLES + 1
+
+
+def _checkpoints_in_saved_state(config):
+    """A trial that reports a checkpoint per step and, each time Tune lets it go on, reads
+    the newest experiment state on storage (what `--resume` restores) for the checkpoint it
+    holds for this trial; it reports that too."""
+    import tempfile
+
+    from ray import cloudpickle, tune
+
+    held = 0
+    for step in range(1, config["reports"] + 1):
+        with tempfile.TemporaryDirectory() as ckpt:
+            Path(ckpt, "step").write_text(str(step))
+            checkpoint = tune.Checkpoint.from_directory(ckpt)
+            tune.report({"step": step, "held_before": held}, checkpoint=checkpoint)
+        state = max(Path(config["experiment"]).glob("experiment_state-*.json"))
+        ((_, meta),) = json.loads(state.read_text())["trial_data"]
+        manager = cloudpickle.loads(bytes.fromhex(json.loads(meta)["checkpoint_manager"]["value"]))
+        result = manager.latest_checkpoint_result
+        held = result.metrics["step"] if result else 0
+
+
+def test_saved_state_holds_each_checkpoint_before_the_trial_goes_on(tmp_path, ray_2_cpus):
+    """The hook the kill test relies on (tune/sweep.py), checked on a real Tuner: when a
+    trial's report returns (Tune told it to go on), the experiment state on storage already
+    holds the checkpoint it just reported. Tune by itself saves it later, in the background,
+    so a killed driver could resume a trial two intervals back."""
+    from ray import tune
+
+    from tune.sweep import _snapshot_at_every_checkpoint
+
+    _snapshot_at_every_checkpoint()
+    reports = 8
+    result = tune.Tuner(
+        _checkpoints_in_saved_state,
+        param_space={"reports": reports, "experiment": str(tmp_path / "exp")},
+        run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0),
+    ).fit()[0]
+    assert result.error is None, result.error
+    held = list(result.metrics_dataframe["held_before"])
+    # Each report carries what the state held after the one before it: every one of them.
+    assert held == list(range(reports)), held
