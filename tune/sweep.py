@@ -329,6 +329,7 @@ def resume_sweep(
     model_path, pad_id, data = saved_training_data(results, cfg)
     start_ray(cfg, console)
     _snapshot_at_every_checkpoint()
+    _drop_stale_decisions_on_restore()
     trainable = _trainable(cfg, trial_settings(cfg, model_path, pad_id), data)
     tuner = ray_tune.Tuner.restore(
         location, trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -427,6 +428,33 @@ def _snapshot_at_every_checkpoint() -> None:
 
     process_and_snapshot.medtune = True
     TuneController._process_trial_save = process_and_snapshot
+
+
+def _drop_stale_decisions_on_restore() -> None:
+    """Have a restored Tune forget the scheduling decisions the killed driver had in flight.
+
+    Tune saves its controller's `_queued_trial_decisions` with the experiment state and
+    restores them. A trial restored from its checkpoint then finds its old CONTINUE waiting:
+    its first result after the restore starts another interval at once, before Tune has
+    registered that result's checkpoint, and the trial runs one interval ahead of its saved
+    checkpoints for the rest of the run (two `train` calls in flight), so a second kill lost
+    two intervals (tests/tune/test_resume.py caught it; traced to the decision on Ray 2.60).
+    Those decisions belong to trial processes that no longer exist; a restored run starts
+    without them, as a fresh one does. Ray 2.60's private `TuneController.__setstate__`."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    setstate = TuneController.__setstate__
+    if getattr(setstate, "medtune", False):
+        return
+
+    def setstate_without_decisions(self, state) -> None:
+        state = dict(state)
+        state.pop("_queued_trial_decisions", None)
+        state.pop("_cached_trial_decisions", None)
+        setstate(self, state)
+
+    setstate_without_decisions.medtune = True
+    TuneController.__setstate__ = setstate_without_decisions
 
 
 def use_normal_priority_workers() -> None:

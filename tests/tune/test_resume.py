@@ -1,5 +1,7 @@
-"""The driver SIGKILLed at random points, several times, each time resumed with
-`medtune sweep --resume`: at most one evaluation interval lost per trial and kill, nothing twice.
+"""The driver SIGKILLed at random points, twice, each time resumed with `medtune sweep
+--resume`: at most one evaluation interval lost per trial and kill, nothing twice. The last
+resume also extends the unfinished sweep by one trial, sampled by the restored Optuna study
+(tests/tune/test_storage.py extends a finished one).
 
 Each cycle waits for the k-th evaluation its run adds (a checkpoint a trial uploaded), waits a
 seeded random part of an interval more, and SIGKILLs the driver alone; the Ray it started
@@ -17,6 +19,7 @@ import pickle
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from tests.tune.conftest import MEDTUNE
 
 pytestmark = pytest.mark.slow
 STEPS, EVERY, SAMPLES = 30, 5, 3
-KILLS, SEED = 3, 20261125
+KILLS, SEED = 2, 20261125
 # Evaluations a run adds before its kill, first run then resumes, and the extra wait: up to
 # about one interval of tiny-random training, so kills land mid-interval and mid-trial.
 FIRST_EVALS, RESUMED_EVALS, MAX_DELAY_S = (2, 4), (1, 2), 0.6
@@ -203,20 +206,41 @@ def test_killed_driver_several_times_then_resume(tmp_path, model_cache, drivers)
         "no kill landed mid-trial"
     )
 
-    final = drivers(["--resume", "results/killed", "--no-export"], tmp_path, tmp_path / "final.log")
+    # Lowering num_samples is refused (exit 2) and changes nothing; raising it extends.
+    lower = drivers(
+        ["--resume", "results/killed", f"search.num_samples={SAMPLES - 1}"],
+        tmp_path,
+        tmp_path / "lower.log",
+    )
+    assert lower.wait(timeout=120) == 2
+    assert "can only raise it" in (tmp_path / "lower.log").read_text()
+    final_at = time.time()
+    final = drivers(
+        ["--resume", "results/killed", "--no-export", f"search.num_samples={SAMPLES + 1}"],
+        tmp_path,
+        tmp_path / "final.log",
+    )
     try:
         final.wait(timeout=300)
     finally:
         log = (tmp_path / "final.log").read_text()
     print(f"\nfinal run done at {time.monotonic() - t0:5.1f} s", flush=True)
     assert final.returncode == 0, log[-3000:]
+    assert f"Extending sweep killed to {SAMPLES + 1} trials" in log
+    assert f"num_samples: {SAMPLES + 1}" in (out / "medtune.yaml").read_text()
     summary = json.loads((out / "sweep_summary.json").read_text())
-    assert len(summary["trials"]) == SAMPLES
+    assert len(summary["trials"]) == SAMPLES + 1
     assert summary["errored"] == 0
     assert all(t["last_step"] == STEPS for t in summary["trials"])
-    assert len(list(out.glob("trial_*"))) == SAMPLES
+    assert len(list(out.glob("trial_*"))) == SAMPLES + 1
     after = _progress(out)
-    assert len(after) == SAMPLES
+    assert len(after) == SAMPLES + 1
+    # The trials no run had started before the last one: the extension among them. Each
+    # ran its steps once.
+    fresh = [t for t, df in after.items() if df["timestamp"].min() >= int(final_at)]
+    assert fresh
+    for trial in fresh:
+        assert list(after[trial]["step"]) == list(range(EVERY, STEPS + 1, EVERY)), trial
 
     # Per kill and trial: where it resumed against what it had reported before the kill.
     lines, worst = [], 0
@@ -224,7 +248,9 @@ def test_killed_driver_several_times_then_resume(tmp_path, model_cache, drivers)
     for i, (cycle, end) in enumerate(zip(cycles, ends, strict=True), start=1):
         lost = {}
         for trial, df in after.items():
-            last = cycle["reported"].get(trial, 0)
+            if trial not in cycle["reported"]:  # no folder yet at this kill: nothing to lose
+                continue
+            last = cycle["reported"][trial]
             later = df[df["timestamp"] > cycle["at"]]
             if trial in cycle["finished"]:  # finished before the kill: never run again
                 assert later.empty, f"{trial} finished before kill {i} and ran again"
@@ -271,43 +297,16 @@ def test_killed_driver_several_times_then_resume(tmp_path, model_cache, drivers)
                 f"{trial} restarted: {steps}"
             )
 
-    # The searcher's own state came back too: one finished Optuna trial per Tune trial.
+    # The searcher's own state came back too: one finished Optuna trial per Tune trial, the
+    # extension's included.
     # Each run of the experiment writes its own file, named by its start time; the resumed
     # run's is the latest name (mtimes are all the final sync's).
     state = max(out.glob("searcher-state-*.pkl"), key=lambda p: p.name)
     searcher = pickle.loads(state.read_bytes())
     study = searcher["_ot_study"] if isinstance(searcher, dict) else searcher._ot_study
     states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == SAMPLES, states
-    assert len(states) == SAMPLES, states
-
-    # A finished sweep extended on resume: one more trial, sampled by the restored study;
-    # the finished trials are not touched.
-    runs = {t: len(df) for t, df in after.items()}
-    lower = drivers(
-        ["--resume", "results/killed", f"search.num_samples={SAMPLES - 1}"],
-        tmp_path,
-        tmp_path / "lower.log",
-    )
-    assert lower.wait(timeout=120) == 2
-    assert "can only raise it" in (tmp_path / "lower.log").read_text()
-    more = drivers(
-        ["--resume", "results/killed", "--no-export", f"search.num_samples={SAMPLES + 1}"],
-        tmp_path,
-        tmp_path / "more.log",
-    )
-    assert more.wait(timeout=300) == 0, (tmp_path / "more.log").read_text()[-3000:]
-    summary = json.loads((out / "sweep_summary.json").read_text())
-    assert len(summary["trials"]) == SAMPLES + 1 and summary["errored"] == 0
-    extended = _progress(out)
-    assert {t: len(extended[t]) for t in runs} == runs  # no finished trial ran again
-    (new,) = set(extended) - set(runs)
-    assert list(extended[new]["step"]) == list(range(EVERY, STEPS + 1, EVERY))
-    assert f"num_samples: {SAMPLES + 1}" in (out / "medtune.yaml").read_text()
-    state = max(out.glob("searcher-state-*.pkl"), key=lambda p: p.name)
-    searcher = pickle.loads(state.read_bytes())
-    study = searcher["_ot_study"] if isinstance(searcher, dict) else searcher._ot_study
-    assert [t.state.name for t in study.trials].count("COMPLETE") == SAMPLES + 1
+    assert states.count("COMPLETE") == SAMPLES + 1, states
+    assert len(states) == SAMPLES + 1, states
 
 
 def _checkpoints_in_saved_state(config):
@@ -351,3 +350,91 @@ def test_saved_state_holds_each_checkpoint_before_the_trial_goes_on(tmp_path, ra
     held = list(result.metrics_dataframe["held_before"])
     # Each report carries what the state held after the one before it: every one of them.
     assert held == list(range(reports)), held
+
+
+_KILLED_THEN_RESUMED = """
+import json, os, signal, sys, tempfile, time
+from pathlib import Path
+
+import ray
+from ray import cloudpickle, tune
+
+from tune.sweep import _drop_stale_decisions_on_restore, _snapshot_at_every_checkpoint
+
+
+def held(experiment):
+    state = max(Path(experiment).glob("experiment_state-*.json"))
+    ((_, meta),) = json.loads(state.read_text())["trial_data"]
+    manager = cloudpickle.loads(bytes.fromhex(json.loads(meta)["checkpoint_manager"]["value"]))
+    result = manager.latest_checkpoint_result
+    return result.metrics["step"] if result else 0
+
+
+def trainable(config):
+    restored = tune.get_checkpoint()
+    start = int(Path(restored.path, "step").read_text()) if restored else 0
+    seen = -1
+    for step in range(start + 1, config["steps"] + 1):
+        with tempfile.TemporaryDirectory() as ckpt:
+            Path(ckpt, "step").write_text(str(step))
+            checkpoint = tune.Checkpoint.from_directory(ckpt)
+            tune.report({"step": step, "held_before": seen}, checkpoint=checkpoint)
+        seen = held(config["experiment"])
+        if step == config["kill_at"] and not restored:
+            os.kill(config["driver"], signal.SIGKILL)  # mid-run, Tune's state just saved
+            time.sleep(120)  # and go with it
+
+
+storage, mode = sys.argv[1], sys.argv[2]
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+_snapshot_at_every_checkpoint()
+experiment = str(Path(storage, "exp"))
+if mode == "start":
+    space = {"steps": 8, "kill_at": 3, "experiment": experiment, "driver": os.getpid()}
+    run = tune.RunConfig(name="exp", storage_path=storage, verbose=0)
+    tune.Tuner(trainable, param_space=space, run_config=run).fit()
+else:
+    if mode == "resume":
+        _drop_stale_decisions_on_restore()
+    result = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True).fit()[0]
+    df = result.metrics_dataframe
+    print(json.dumps({"step": list(df["step"]), "held_before": list(df["held_before"])}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["resume", "resume-as-ray-does"])
+def test_a_resumed_trial_goes_on_only_once_its_checkpoint_is_saved(tmp_path, mode):
+    """After a killed driver, the restored trial keeps the order the hook above gives it:
+    each report returns only once the saved state holds its checkpoint. Without
+    `_drop_stale_decisions_on_restore`, the decision Tune saved and restored starts the
+    trial's next interval early, and it runs one checkpoint ahead of the saved state."""
+    script = tmp_path / "driver.py"
+    script.write_text(_KILLED_THEN_RESUMED)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+
+    def driver(mode: str) -> subprocess.CompletedProcess:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path), mode],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=240)
+        finally:
+            _kill_session(proc.pid)  # the Ray it started
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    started = driver("start")
+    assert started.returncode == -signal.SIGKILL, started.stderr[-3000:]
+    resumed = driver(mode)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = json.loads(resumed.stdout.strip().splitlines()[-1])
+    # From the checkpoint of step 3, once each (the first 3 rows are the killed run's).
+    assert rows["step"] == [1, 2, 3, 4, 5, 6, 7, 8], rows
+    steps, held = rows["step"][3:], rows["held_before"][3:]
+    in_order = held[1:] == steps[:-1]
+    assert in_order == (mode == "resume"), rows
