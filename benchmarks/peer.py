@@ -83,7 +83,7 @@ def medtune_overrides(args, seed: int) -> list[str]:
     ]
     if args.max_records:
         out.append(f"data.max_records={args.max_records}")
-    return out
+    return out + list(getattr(args, "set", None) or [])
 
 
 # -- measuring a subprocess tree ---------------------------------------------------------------
@@ -539,6 +539,13 @@ def main(argv: list[str] | None = None, default_sides: str = "peer,asha") -> dic
         "Trainer's set_seed(args.seed=0))",
     )
     parser.add_argument("--sides", default=default_sides, help=f"comma-separated of {SIDES}")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more medtune override for every side, e.g. scheduler.reduction_factor=3",
+    )
     parser.add_argument("--ray-address", default=None, help="join this Ray instead of starting")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON")
     parser.add_argument("--name", default="peer", help="JSON file name part")
@@ -618,6 +625,7 @@ def _write(args, started, scorer, sides, runs, final: bool) -> tuple[dict, Path]
             "batch": args.batch,
             "max_length": args.max_length,
             "cpus_per_trial": args.cpus_per_trial,
+            "overrides": args.set,
             "search_space": scorer.prep.space.describe(),
             "data": scorer.cfg.data.source,
             **scorer.sizes,
