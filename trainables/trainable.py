@@ -70,6 +70,12 @@ def train_lora(
     `weights`: the frozen base from Ray's object store (`tune.with_parameters`), shared with
     every trial on the node; without it (or for 4-bit QLoRA) the base loads from
     `settings.model_path`. `callbacks` go to the Trainer after medtune's own (benchmarks)."""
+    # Reusing this process for the next trial (`run.reuse_actors`), Ray Tune stops this one
+    # and gives its thread TUNE_FUNCTION_THREAD_TIMEOUT_S (read here, in the trial process;
+    # Ray's default 2 s) to unwind: the Trainer, the temporary folder, `release_memory`. On
+    # a loaded machine that took longer and the next trial errored ("Could not re-use actor",
+    # seen in CI); a generous limit only matters when a trial truly hangs.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     try:
         _train(config, settings, data, weights, callbacks)
     finally:
