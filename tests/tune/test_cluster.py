@@ -28,7 +28,11 @@ def cluster():
 
 
 def _progress(out):
-    return [pd.read_csv(p) for p in out.glob("trial_*/progress.csv") if p.stat().st_size]
+    return [
+        pd.read_csv(p, dtype={"trial_id": str})
+        for p in out.glob("trial_*/progress.csv")
+        if p.stat().st_size
+    ]
 
 
 def test_trials_spread_over_nodes_and_survive_a_lost_node(cluster, tmp_path, model_cache):

@@ -55,7 +55,7 @@ def test_asha_sweep_invariants(sweep):
 def test_every_evaluation_reports_the_documented_metrics(sweep):
     out, _ = sweep
     for progress in out.glob("trial_*/progress.csv"):
-        df = pd.read_csv(progress)
+        df = pd.read_csv(progress, dtype={"trial_id": str})
         for key in ("eval_loss", "eval_perplexity", "train_loss", "step", "tokens_per_second"):
             assert key in df
         assert (df["step"] % 5 == 0).all() and df["step"].is_monotonic_increasing
@@ -68,7 +68,9 @@ def test_every_evaluation_reports_the_documented_metrics(sweep):
 
 
 def _evaluations(folder: Path, pattern: str) -> pd.DataFrame:
-    frames = (pd.read_csv(p) for p in folder.glob(f"{pattern}/progress.csv"))
+    frames = (
+        pd.read_csv(p, dtype={"trial_id": str}) for p in folder.glob(f"{pattern}/progress.csv")
+    )
     return pd.concat(frames, ignore_index=True)
 
 

@@ -116,7 +116,9 @@ def _checkpoint_steps(trial: Path) -> set[int]:
 
 def _progress(out: Path) -> dict[str, pd.DataFrame]:
     return {
-        p.parent.name: pd.read_csv(p) for p in out.glob("trial_*/progress.csv") if p.stat().st_size
+        p.parent.name: pd.read_csv(p, dtype={"trial_id": str})
+        for p in out.glob("trial_*/progress.csv")
+        if p.stat().st_size
     }
 
 
