@@ -83,7 +83,7 @@ def medtune_overrides(args, seed: int) -> list[str]:
     ]
     if args.max_records:
         out.append(f"data.max_records={args.max_records}")
-    return out + list(getattr(args, "set", None) or [])
+    return out + args.set
 
 
 # -- measuring a subprocess tree ---------------------------------------------------------------

@@ -1,10 +1,8 @@
 """benchmarks/peer.py and asha.py at their smallest size: they run and produce their numbers.
 
-One process run of three sides (the peer's `Trainer.hyperparameter_search`, medtune with ASHA
-and with FIFO) on tiny-random, 2 trials of 4 steps, all joining the session's one Ray instead
-of starting three. The other sides differ from these only in settings (`noreuse`: ASHA with
-`run.reuse_actors=false`) and are left to `make bench` to keep `make test` short. No timing
-is asserted.
+One process run of the four sides (the peer's `Trainer.hyperparameter_search`, medtune with
+ASHA, with FIFO, and with ASHA without actor reuse) on tiny-random, 2 trials of 4 steps, all
+joining the session's one Ray instead of starting four. No timing is asserted.
 """
 
 import importlib.util
@@ -38,7 +36,7 @@ def test_peer_and_asha_benchmarks_produce_their_numbers(tmp_path, model_cache, r
             "--val-examples=4",
             "--max-records=40",
             "--repeats=1",
-            "--sides=peer,asha,fifo",
+            "--sides=peer,asha,fifo,noreuse",
             f"--ray-address={ray.get_runtime_context().gcs_address}",
             f"--out={tmp_path}",
         ]
@@ -46,7 +44,7 @@ def test_peer_and_asha_benchmarks_produce_their_numbers(tmp_path, model_cache, r
     (written,) = tmp_path.glob("*-peer-tiny-random.json")
     assert written.is_file()
     assert out["complete"] and out["machine"]["cores"] >= 1
-    assert {r["side"] for r in out["runs"]} == {"peer", "asha", "fifo"}
+    assert {r["side"] for r in out["runs"]} == {"peer", "asha", "fifo", "noreuse"}
     for run in out["runs"]:
         for key in ("wall_s", "best_val_loss", "test_loss", "peak_pss_bytes", "peak_rss_bytes"):
             assert math.isfinite(run[key]) and run[key] > 0, (run["side"], key, run[key])
@@ -57,7 +55,7 @@ def test_peer_and_asha_benchmarks_produce_their_numbers(tmp_path, model_cache, r
             assert len(run["trial_starts_s"]) == 2
             assert 0 < run["trial_starts_s"][0] <= run["trial_starts_s"][1] < run["wall_s"]
     summary = out["summary"]
-    for pair in ("peer_vs_medtune", "fifo_vs_asha"):
+    for pair in ("peer_vs_medtune", "fifo_vs_asha", "noreuse_vs_asha"):
         for key in ("wall_time", "steps", "peak_pss", "best_val_loss_gain"):
             assert all(math.isfinite(v) for v in summary[pair][key]["per_repeat"]), (pair, key)
     assert summary["fifo_vs_asha"]["steps"]["min"] >= 1  # FIFO never trains fewer steps
