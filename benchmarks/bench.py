@@ -212,7 +212,9 @@ def demo_data(model_path: str, max_length: int = 256) -> dict[str, list[dict]]:
     }
 
 
-def _settings(model_path: str, model: str, *, steps: int, batch: int, threads: int):
+def _settings(
+    model_path: str, model: str, *, steps: int, batch: int, threads: int, checkpointing=False
+):
     from trainables.config import ModelConfig, TrainConfig
     from trainables.models import load_tokenizer
     from trainables.trainable import TrialSettings
@@ -226,6 +228,7 @@ def _settings(model_path: str, model: str, *, steps: int, batch: int, threads: i
             per_device_batch_size=batch,
             eval_max_examples=4,
             warmup_ratio=0.0,
+            activation_checkpointing=checkpointing,
         ),
         pad_token_id=load_tokenizer(model_path).pad_token_id,
         cpus=threads,
@@ -317,11 +320,16 @@ def startup(model: str, path: str, data: dict, repeats: int, threads: int) -> di
     return out
 
 
-def _memory_trial(config: dict, *, settings, data, weights, pids: str) -> None:
+def _memory_trial(config: dict, *, settings, checkpointed, data, weights, pids: str) -> None:
     from trainables.trainable import train_lora
 
     Path(pids, str(os.getpid())).touch()
-    train_lora(config, settings=settings, data=data, weights=weights if config["shared"] else None)
+    train_lora(
+        config,
+        settings=checkpointed if config["checkpointing"] else settings,
+        data=data,
+        weights=weights if config["shared"] else None,
+    )
 
 
 def _rollup(pid: int) -> dict[str, int] | None:
@@ -376,15 +384,24 @@ def memory(model: str, path: str, data: dict, repeats: int, steps: int, batch: i
     from trainables.models import base_weights
 
     settings = _settings(path, model, steps=steps, batch=batch, threads=1)
+    checkpointed = _settings(path, model, steps=steps, batch=batch, threads=1, checkpointing=True)
     shared = {
         "settings": ray.put(settings),
+        "checkpointed": ray.put(checkpointed),
         "data": ray.put(data),
         "weights": ray.put(base_weights(path)),
     }
-    runs = {"one": (1, True), "two": (2, True), "two_disk": (2, False)}
+    # name: (trials, base from the object store, train.activation_checkpointing)
+    runs = {
+        "one": (1, True, False),
+        "two": (2, True, False),
+        "two_disk": (2, False, False),
+        "one_checkpointed": (1, True, True),
+        "two_checkpointed": (2, True, True),
+    }
     peaks: dict[str, list[dict]] = {k: [] for k in runs}
     for _ in range(repeats):
-        for name, (trials, share) in runs.items():  # alternating
+        for name, (trials, share, checkpointing) in runs.items():  # alternating
             with tempfile.TemporaryDirectory() as pids:
                 sampler = _Sampler(Path(pids))
                 sampler.start()
@@ -394,6 +411,7 @@ def memory(model: str, path: str, data: dict, repeats: int, steps: int, batch: i
                         {
                             **LORA,
                             "shared": share,
+                            "checkpointing": checkpointing,
                             "seed": ray_tune.grid_search(list(range(trials))),
                         },
                         cpus=1,
@@ -407,6 +425,8 @@ def memory(model: str, path: str, data: dict, repeats: int, steps: int, batch: i
     foot = {k: [p["footprint"] for p in v] for k, v in peaks.items()}
     out["two_vs_one"] = _ratios(foot["two"], foot["one"])
     out["two_disk_vs_one"] = _ratios(foot["two_disk"], foot["one"])
+    out["two_vs_one_checkpointed"] = _ratios(foot["two_checkpointed"], foot["one_checkpointed"])
+    out["one_checkpointed_vs_one"] = _ratios(foot["one_checkpointed"], foot["one"])
     return out
 
 
@@ -477,6 +497,48 @@ def answer_logits(path: str, data: list[dict], batch: int, threads: int, repeats
         "scored_share": int(scored.sum()) / positions,
         "step_s": {k: _spread(v) for k, v in times.items()},
         "full_vs_answers_only": _ratios(times["full"], times["answers_only"]),
+    }
+
+
+def checkpointing_cost(path: str, data: list[dict], batch: int, threads: int, repeats: int):
+    """One LoRA training step (forward + backward, answer-token loss, in the precision a trial
+    resolves to here) with and without activation checkpointing, alternating."""
+    from peft import LoraConfig, get_peft_model
+
+    from trainables.loss import answer_token_loss
+    from trainables.models import load_model
+    from trainables.precision import autocast, resolve_precision
+    from trainables.prompts import collate
+
+    torch.set_num_threads(threads)
+    model = get_peft_model(
+        load_model(path),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    model.train()
+    base = model.get_base_model()
+    precision = resolve_precision("auto")
+    b = collate(data[:batch], 0)
+    times: dict[str, list[float]] = {"plain": [], "checkpointed": []}
+    for i in range(repeats + 1):
+        for name in times:
+            if name == "checkpointed":
+                base.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                base.activation_checkpointing_disable()
+            start = time.perf_counter()
+            with autocast(precision):
+                loss = answer_token_loss(model, b)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            if i:  # the first round is warm-up
+                times[name].append(time.perf_counter() - start)
+    return {
+        "batch": batch,
+        "seq_len": b["input_ids"].shape[1],
+        "precision": precision,
+        "step_s": {k: _spread(v) for k, v in times.items()},
+        "checkpointed_vs_plain": _ratios(times["checkpointed"], times["plain"]),
     }
 
 
@@ -608,6 +670,9 @@ def main() -> None:
         out["levers"] = {
             "padding_share": padding_share(data["train"], args.mem_batch),
             "answer_logits": answer_logits(
+                path, data["train"], args.mem_batch, args.threads, args.repeats
+            ),
+            "activation_checkpointing": checkpointing_cost(
                 path, data["train"], args.mem_batch, args.threads, args.repeats
             ),
         }

@@ -178,6 +178,11 @@ class TrainConfig(Section):
         description="Batch examples of similar length together (less padding); off keeps the "
         "Trainer's random order.",
     )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in the backward pass instead of "
+        "keeping them (gradient checkpointing): less memory per trial for more compute.",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="Number format of training and trial evaluation (mixed precision: fp32 "

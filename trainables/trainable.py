@@ -198,6 +198,10 @@ def _training_args(
         remove_unused_columns=False,
         # Batches of similar lengths: less compute spent on padding (BENCHMARKS.md, "Levers").
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        activation_checkpointing=train.activation_checkpointing,
+        # Non-reentrant checkpointing needs no input that requires grad, which a frozen
+        # embedding under LoRA does not give (PyTorch's recommended mode).
+        activation_checkpointing_kwargs={"use_reentrant": False},
     )
 
 

@@ -63,6 +63,9 @@ def test_bench_smoke(tmp_path, model_cache):
     levers = data["levers"]
     assert 0 < levers["answer_logits"]["scored_share"] < 1  # the prompt is not scored
     assert all(t > 0 for t in levers["answer_logits"]["step_s"]["full"]["values"])
+    ac = levers["activation_checkpointing"]
+    for side in ("plain", "checkpointed"):
+        assert all(t > 0 for t in ac["step_s"][side]["values"])
     pad = levers["padding_share"]
     assert 0 <= pad["length_grouped"]["median"] < pad["random"]["median"] < 1
 

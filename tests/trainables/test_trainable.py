@@ -7,6 +7,7 @@ from unittest import mock
 import pytest
 from peft import PeftModel
 from ray import tune as ray_tune
+from transformers import TrainerCallback
 
 from trainables.config import DataConfig, ModelConfig, TrainConfig
 from trainables.data import load_records, split_records
@@ -203,3 +204,62 @@ def test_release_memory_gives_freed_heap_back_to_the_os(trim):
         assert freed - after > 150, (freed, after)
     else:
         assert freed - after < 50, (freed, after)
+
+
+class _LayerCalls(TrainerCallback):
+    """Counts the first decoder layer's attention calls in training (a hook inside the layer:
+    transformers keeps hooks on the layer itself out of the recomputation)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        def count(*_):
+            self.calls += model.training  # evaluation (eval mode) is not counted
+
+        decoder = model.get_base_model().model
+        decoder.layers[0].self_attn.register_forward_hook(count)
+
+
+def _counted(config, *, settings, data):
+    settings = dataclasses.replace(
+        settings,
+        train=settings.train.model_copy(
+            update={"activation_checkpointing": config["checkpointing"], "max_steps": 10}
+        ),
+    )
+    counter = _LayerCalls()
+    real = ray_tune.report
+
+    def report(metrics, checkpoint=None):
+        real({**metrics, "layer_calls": counter.calls}, checkpoint=checkpoint)
+
+    with mock.patch.object(ray_tune, "report", report):
+        train_lora(config, settings=settings, data=data, callbacks=(counter,))
+
+
+def test_activation_checkpointing_recomputes_and_trains_the_same(
+    ray_2_cpus, tmp_path, tiny_model_path, tiny_tokenizer, data
+):
+    tuner = ray_tune.Tuner(
+        ray_tune.with_parameters(
+            _counted, settings=_settings(tiny_model_path, tiny_tokenizer), data=data
+        ),
+        param_space={
+            "learning_rate": 5e-3,
+            "weight_decay": 0.01,
+            "lora_r": 4,
+            "checkpointing": ray_tune.grid_search([False, True]),
+        },
+        tune_config=ray_tune.TuneConfig(metric="eval_loss", mode="min"),
+        run_config=ray_tune.RunConfig(storage_path=str(tmp_path), name="gc", verbose=0),
+    )
+    results = {r.config["checkpointing"]: r.metrics_dataframe for r in tuner.fit()}
+    plain, recomputed = results[False], results[True]
+    # 5 steps per report: once per step without checkpointing, twice with it (the forward
+    # again in the backward pass).
+    assert list(plain["layer_calls"]) == [5, 10]
+    assert list(recomputed["layer_calls"]) == [10, 20]
+    # The same training: recomputation replays LoRA dropout's random numbers.
+    assert list(recomputed["eval_loss"]) == pytest.approx(list(plain["eval_loss"]), rel=1e-5)
+    assert plain["eval_loss"].iloc[-1] < plain["eval_loss"].iloc[0]
