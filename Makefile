@@ -44,7 +44,7 @@ sweep: install
 
 test: install browser
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -n 2 --dist loadfile
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
 
 lint: install
 	$(BIN)/ruff check .
