@@ -56,7 +56,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench.py
 	-$(BIN)/python benchmarks/data_bench.py
-	$(BIN)/python benchmarks/peer.py --sides peer,peer_fp32,asha,fifo,noreuse --repeats 3
+	$(BIN)/python benchmarks/peer.py --sides peer,peer_fp32,peer_default,asha,fifo,noreuse --repeats 3
 	$(BIN)/python benchmarks/asha.py --trials 8 --steps 32 --repeats 3
 	$(BIN)/python benchmarks/reuse_memory.py
 

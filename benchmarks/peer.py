@@ -14,6 +14,8 @@ start included in its wall time), alternating within one process run of this scr
         as in the transformers docs (Ray's default random search);
   peer_fp32  the same peer with TrainingArguments' default number format (fp32), where the
         peer side gets bf16 (AMX CPUs): what a user who does not pass bf16=True runs;
+  peer_default  the peer as the transformers docs' shortest call writes it: no scheduler
+        (Tune's FIFO: every trial runs its full budget) and the default number format (fp32);
   asha  `medtune sweep ... scheduler.name=asha --no-export` (the real CLI);
   fifo  the same with `scheduler.name=fifo`;
   noreuse  asha with `run.reuse_actors=false`: a fresh Ray actor (process, imports) per trial;
@@ -61,7 +63,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SIDES = ("peer", "peer_fp32", "asha", "fifo", "noreuse", "together")
+SIDES = ("peer", "peer_fp32", "peer_default", "asha", "fifo", "noreuse", "together")
 PACKAGES = ("torch", "transformers", "peft", "ray", "optuna", "psutil")
 
 
@@ -176,7 +178,8 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
             "overrides": overrides,
             "work": str(work),
             "ray_address": args.ray_address,
-            "fp32": side == "peer_fp32",
+            "fp32": side in ("peer_fp32", "peer_default"),
+            "asha": side != "peer_default",
         }
         cmd = [sys.executable, str(Path(__file__).resolve()), "_peer", json.dumps(spec)]
     else:
@@ -318,7 +321,7 @@ class Scorer:
 
 
 def peer_main(spec: dict) -> None:
-    """Runs in its own process: `Trainer.hyperparameter_search(backend="ray")` + ASHA."""
+    """Runs in its own process: `Trainer.hyperparameter_search(backend="ray")` (+ ASHA)."""
     from peft import LoraConfig, get_peft_model
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -406,18 +409,21 @@ def peer_main(spec: dict) -> None:
 
         ray.init(address=spec["ray_address"], log_to_driver=False)
     evaluations = math.ceil(train_cfg.max_steps / train_cfg.eval_every)
-    best_run = trainer.hyperparameter_search(
-        direction="minimize",
-        backend="ray",
-        hp_space=ray_hp_space,
-        n_trials=cfg.search.num_samples,
-        scheduler=ASHAScheduler(
+    asha = {}  # peer_default passes none: Tune's FIFO, every trial runs its full budget
+    if spec.get("asha", True):
+        asha["scheduler"] = ASHAScheduler(
             metric="objective",
             mode="min",
             max_t=evaluations,
             grace_period=cfg.scheduler.grace_period,
             reduction_factor=cfg.scheduler.reduction_factor,
-        ),
+        )
+    best_run = trainer.hyperparameter_search(
+        direction="minimize",
+        backend="ray",
+        hp_space=ray_hp_space,
+        n_trials=cfg.search.num_samples,
+        **asha,
         resources_per_trial={"cpu": cfg.resources.cpus_per_trial},
         storage_path=str(work / "ray"),
         name="peer",
@@ -485,6 +491,7 @@ def summarize(runs: list[dict], sides: list[str]) -> dict:
     pairs = {
         "peer_vs_medtune": ("peer", "asha"),
         "peer_fp32_vs_medtune": ("peer_fp32", "asha"),
+        "peer_default_vs_medtune": ("peer_default", "asha"),
         "fifo_vs_asha": ("fifo", "asha"),
         "noreuse_vs_asha": ("noreuse", "asha"),
         "together_vs_asha": ("together", "asha"),
