@@ -213,7 +213,13 @@ def demo_data(model_path: str, max_length: int = 256) -> dict[str, list[dict]]:
 
 
 def _settings(
-    model_path: str, model: str, *, steps: int, batch: int, threads: int, checkpointing=False
+    model_path: str,
+    model: str,
+    *,
+    steps: int,
+    batch: int,
+    threads: int,
+    checkpointing: bool = False,
 ):
     from trainables.config import ModelConfig, TrainConfig
     from trainables.models import load_tokenizer
@@ -457,20 +463,26 @@ def padding_share(data: list[dict], batch: int, seeds: int = 20) -> dict:
     return {"batch": batch, "random": _spread(rand), "length_grouped": _spread(grouped)}
 
 
-def answer_logits(path: str, data: list[dict], batch: int, threads: int, repeats: int) -> dict:
-    """One LoRA training step (forward + backward) with the loss from logits at every position
-    (what the model's own loss does) against logits only where a label is scored."""
+def _lora_model(path: str):
+    """The levers' model: the base from disk with LoRA r=8 on q and v (no dropout)."""
     from peft import LoraConfig, get_peft_model
 
-    from trainables.loss import answer_token_loss
     from trainables.models import load_model
-    from trainables.prompts import collate
 
-    torch.set_num_threads(threads)
-    model = get_peft_model(
+    return get_peft_model(
         load_model(path),
         LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
+
+
+def answer_logits(path: str, data: list[dict], batch: int, threads: int, repeats: int) -> dict:
+    """One LoRA training step (forward + backward) with the loss from logits at every position
+    (what the model's own loss does) against logits only where a label is scored."""
+    from trainables.loss import answer_token_loss
+    from trainables.prompts import collate
+
+    torch.set_num_threads(threads)
+    model = _lora_model(path)
     model.train()
     b = collate(data[:batch], 0)
     scored = b["labels"][:, 1:] != -100
@@ -503,18 +515,12 @@ def answer_logits(path: str, data: list[dict], batch: int, threads: int, repeats
 def checkpointing_cost(path: str, data: list[dict], batch: int, threads: int, repeats: int):
     """One LoRA training step (forward + backward, answer-token loss, in the precision a trial
     resolves to here) with and without activation checkpointing, alternating."""
-    from peft import LoraConfig, get_peft_model
-
     from trainables.loss import answer_token_loss
-    from trainables.models import load_model
     from trainables.precision import autocast, resolve_precision
     from trainables.prompts import collate
 
     torch.set_num_threads(threads)
-    model = get_peft_model(
-        load_model(path),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
-    )
+    model = _lora_model(path)
     model.train()
     base = model.get_base_model()
     precision = resolve_precision("auto")
@@ -545,17 +551,11 @@ def checkpointing_cost(path: str, data: list[dict], batch: int, threads: int, re
 def _logits_peak(path: str, data: list[dict], batch: int, threads: int, answers_only: bool):
     """Peak resident memory (VmHWM, MiB) of a fresh process that loads the LoRA model and runs
     one forward + backward with full or answer-only logits; run in a spawned child."""
-    from peft import LoraConfig, get_peft_model
-
     from trainables.loss import answer_token_loss
-    from trainables.models import load_model
     from trainables.prompts import collate
 
     torch.set_num_threads(threads)
-    model = get_peft_model(
-        load_model(path),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
-    )
+    model = _lora_model(path)
     model.train()
     b = collate(data[:batch], 0)
     loss = answer_token_loss(model, b) if answers_only else model(**b).loss
