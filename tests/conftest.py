@@ -23,6 +23,14 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def read_progress(path):
+    """A trial's progress.csv as a DataFrame, `trial_id` as text: pandas reads a random id such
+    as 700e6327 as the float inf otherwise (seen in CI)."""
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={"trial_id": str})
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("medtune-cache")

@@ -3,12 +3,12 @@
 import threading
 import time
 
-import pandas as pd
 import pytest
 import ray
 from ray.cluster_utils import Cluster
 from rich.console import Console
 
+from tests.conftest import read_progress
 from tune.config import load_config
 from tune.sweep import prepare_sweep, run_sweep
 
@@ -28,11 +28,7 @@ def cluster():
 
 
 def _progress(out):
-    return [
-        pd.read_csv(p, dtype={"trial_id": str})
-        for p in out.glob("trial_*/progress.csv")
-        if p.stat().st_size
-    ]
+    return [read_progress(p) for p in out.glob("trial_*/progress.csv") if p.stat().st_size]
 
 
 def test_trials_spread_over_nodes_and_survive_a_lost_node(cluster, tmp_path, model_cache):

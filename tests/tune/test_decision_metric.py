@@ -12,6 +12,7 @@ import pytest
 from peft import PeftModel
 from rich.console import Console
 
+from tests.conftest import read_progress
 from tests.trainables.test_sources import write_pubmedqa
 from trainables.data import read_jsonl
 from trainables.evaluation import decision_scores
@@ -71,7 +72,7 @@ def test_trials_report_accuracy_and_the_best_is_the_highest(accuracy_sweep):
     cfg, prep, summary, out, _ = accuracy_sweep
     assert cfg.search.mode == "max" and summary["mode"] == "max"
     assert summary["errored"] == 0 and len(summary["trials"]) == 2
-    frames = [pd.read_csv(p, dtype={"trial_id": str}) for p in out.glob("trial_*/progress.csv")]
+    frames = [read_progress(p) for p in out.glob("trial_*/progress.csv")]
     assert len(frames) == 2
     for df in frames:
         assert df["eval_accuracy"].between(0, 1).all() and df["eval_macro_f1"].between(0, 1).all()
@@ -87,9 +88,7 @@ def test_trials_report_accuracy_and_the_best_is_the_highest(accuracy_sweep):
 def test_export_picks_the_most_accurate_checkpoint_scored_as_export_scores(accuracy_sweep):
     cfg, prep, _, out, _ = accuracy_sweep
     checkpoint, metrics = best_checkpoint(out, "eval_accuracy", "max")
-    reported = pd.concat(
-        pd.read_csv(p, dtype={"trial_id": str}) for p in out.glob("trial_*/progress.csv")
-    )
+    reported = pd.concat(read_progress(p) for p in out.glob("trial_*/progress.csv"))
     assert metrics["eval_accuracy"] == reported["eval_accuracy"].max()
     # The trial's eval_accuracy is export's decision accuracy on the validation split.
     tokenizer = load_tokenizer(prep.model_path)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import read_progress
 from tests.tune.conftest import MAX_STEPS, SAMPLES
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ def test_asha_sweep_invariants(sweep):
 def test_every_evaluation_reports_the_documented_metrics(sweep):
     out, _ = sweep
     for progress in out.glob("trial_*/progress.csv"):
-        df = pd.read_csv(progress, dtype={"trial_id": str})
+        df = read_progress(progress)
         for key in ("eval_loss", "eval_perplexity", "train_loss", "step", "tokens_per_second"):
             assert key in df
         assert (df["step"] % 5 == 0).all() and df["step"].is_monotonic_increasing
@@ -68,9 +69,7 @@ def test_every_evaluation_reports_the_documented_metrics(sweep):
 
 
 def _evaluations(folder: Path, pattern: str) -> pd.DataFrame:
-    frames = (
-        pd.read_csv(p, dtype={"trial_id": str}) for p in folder.glob(f"{pattern}/progress.csv")
-    )
+    frames = (read_progress(p) for p in folder.glob(f"{pattern}/progress.csv"))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -11,9 +11,9 @@ import json
 import os
 import subprocess
 
-import pandas as pd
 import pytest
 
+from tests.conftest import read_progress
 from tests.tune.conftest import MEDTUNE
 
 pytestmark = pytest.mark.slow
@@ -77,9 +77,7 @@ def test_a_nan_step_stops_the_trial_before_it_is_trained_on(faulty):
     out, _ = faulty
     summary = json.loads((out / "sweep_summary.json").read_text())
     (nan,) = [t for t in summary["trials"] if "not finite" in (t["error"] or "")]
-    progress = pd.read_csv(
-        out / f"trial_{nan['trial_id']}" / "progress.csv", dtype={"trial_id": str}
-    )
+    progress = read_progress(out / f"trial_{nan['trial_id']}" / "progress.csv")
     # Step 2 was evaluated and checkpointed; step 3's NaN never reached the optimizer, and
     # nothing was reported after it.
     assert list(progress["step"]) == [2]

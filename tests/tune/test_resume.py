@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import read_progress
 from tests.tune.conftest import MEDTUNE
 
 pytestmark = pytest.mark.slow
@@ -116,7 +117,7 @@ def _checkpoint_steps(trial: Path) -> set[int]:
 
 def _progress(out: Path) -> dict[str, pd.DataFrame]:
     return {
-        p.parent.name: pd.read_csv(p, dtype={"trial_id": str})
+        p.parent.name: read_progress(p)
         for p in out.glob("trial_*/progress.csv")
         if p.stat().st_size
     }
