@@ -91,7 +91,7 @@ def bare_loop(
     for i, b in enumerate(batches):
         if i == warmup:
             start = time.perf_counter()
-        with autocast(precision):  # mixed precision as the Trainer's bf16=True does it
+        with autocast(precision, "cpu"):  # mixed precision as the Trainer's bf16=True does it
             loss = model(**b).loss
         loss.backward()
         opt.step()
@@ -533,7 +533,7 @@ def checkpointing_cost(path: str, data: list[dict], batch: int, threads: int, re
             else:
                 base.activation_checkpointing_disable()
             start = time.perf_counter()
-            with autocast(precision):
+            with autocast(precision, "cpu"):
                 loss = answer_token_loss(model, b)
             loss.backward()
             model.zero_grad(set_to_none=True)

@@ -298,7 +298,9 @@ def _load_4bit(path: str, trust_remote_code: bool) -> PreTrainedModel:
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
     )
-    return prepare_model_for_kbit_training(model)
+    # Activation checkpointing is `train.activation_checkpointing`'s to switch (the Trainer's),
+    # not PEFT's default here, so one setting means the same for QLoRA and LoRA trials.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def lora_target_modules(

@@ -25,18 +25,19 @@ def cpu_has_amx() -> bool:
     return bool(probe and probe())
 
 
-def resolve_precision(requested: str) -> str:
-    """`train.precision` as this process will train: "fp32", "bf16" or "fp16"."""
+def resolve_precision(requested: str, cuda: bool | None = None) -> str:
+    """`train.precision` as this process will train: "fp32", "bf16" or "fp16". `cuda`: whether
+    it trains on a GPU (default: whether it sees one)."""
     if requested != "auto":
         return requested
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() if cuda is None else cuda:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_amx() else "fp32"
 
 
-def autocast(precision: str):
-    """The autocast context a resolved `precision` computes in (none for fp32)."""
+def autocast(precision: str, device: str):
+    """The autocast context a resolved `precision` computes in on `device` ("cpu" or "cuda");
+    none for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.autocast(device, dtype=_DTYPES[precision])

@@ -105,8 +105,9 @@ def _train(config, settings, data, weights, callbacks) -> None:
     # confirmation runs pass their own `seed`.
     set_seed(int(config.get("seed", train.seed)))
     model = _lora_model(config, settings, weights)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    precision = resolve_precision(train.precision)  # per trial: nodes may differ
+    cuda = trial_uses_cuda()
+    device = torch.cuda.get_device_name() if cuda else "CPU"
+    precision = resolve_precision(train.precision, cuda)  # per trial: nodes may differ
     log.warning(
         "medtune trial: training on %s with %d torch threads in %s",
         device,
@@ -123,7 +124,7 @@ def _train(config, settings, data, weights, callbacks) -> None:
             return
         trainer = _AnswerTokenTrainer(
             model=model,
-            args=_training_args(config, train, work, precision),
+            args=_training_args(config, train, work, precision, cuda),
             train_dataset=data["train"],
             data_collator=partial(collate, pad_id=settings.pad_token_id),
             callbacks=[
@@ -134,6 +135,7 @@ def _train(config, settings, data, weights, callbacks) -> None:
                     config,
                     data.get("decisions"),
                     precision=precision,
+                    device=device,
                 ),
                 *callbacks,
             ],
@@ -167,10 +169,22 @@ def _lora_model(config: dict, settings: TrialSettings, weights: BaseWeights | No
     return get_peft_model(model, lora)
 
 
+def trial_uses_cuda() -> bool:
+    """Whether this trial trains on a GPU: only on GPUs Ray gave it (`resources.gpus_per_trial`).
+
+    Ray 2.60 leaves CUDA_VISIBLE_DEVICES as it was for a trial that asked for no GPU, so on a
+    GPU node such a trial sees every GPU and would take one Ray may have given another trial
+    (seen on an H200: tests/tune/test_cuda.py). Outside Ray (tests, benchmarks): any GPU."""
+    if not torch.cuda.is_available():
+        return False
+    if not ray.is_initialized():
+        return True
+    return bool(ray.get_runtime_context().get_accelerator_ids().get("GPU"))
+
+
 def _training_args(
-    config: dict, train: TrainConfig, work: Path, precision: str = "fp32"
+    config: dict, train: TrainConfig, work: Path, precision: str = "fp32", cuda: bool = False
 ) -> TrainingArguments:
-    cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(work),
         max_steps=train.max_steps,
@@ -191,7 +205,7 @@ def _training_args(
         report_to="none",
         disable_tqdm=True,
         seed=int(config.get("seed", train.seed)),
-        use_cpu=not cuda,
+        use_cpu=not cuda,  # also on a GPU node, where Ray gave this trial no GPU
         bf16=precision == "bf16",  # autocast on CPU too (trainables/precision.py)
         fp16=precision == "fp16",
         dataloader_pin_memory=cuda,
@@ -250,7 +264,9 @@ class _ReportToTune(TrainerCallback):
         config: dict,
         decisions: list[dict] | None = None,
         precision: str = "fp32",
+        device: str = "CPU",
     ):
+        self.device = device  # the GPU's name, or CPU: recorded with every evaluation
         self.validation, self.train, self.pad_id, self.config = validation, train, pad_id, config
         self.decisions = decisions  # yes/no/maybe options of validation (data.task=decision)
         self.precision = precision  # evaluation computes as training does, as Trainer's would
@@ -294,7 +310,8 @@ class _ReportToTune(TrainerCallback):
     def on_save(self, args, state, control, model=None, **kwargs):
         elapsed = time.perf_counter() - self.clock
         tokens = state.num_input_tokens_seen - self.tokens
-        with autocast(self.precision):
+        where = next(model.parameters()).device.type  # "cuda" or "cpu", as Trainer placed it
+        with autocast(self.precision, where):
             loss = answer_loss(model, self.validation, self.train.eval_batch_size, self.pad_id)
         metrics = {
             "eval_loss": loss,
@@ -305,10 +322,11 @@ class _ReportToTune(TrainerCallback):
             # Ray's node id, not its IP: nodes on one machine share an address.
             "node_id": ray.get_runtime_context().get_node_id(),
             "precision": self.precision,
+            "device": self.device,
         }
         if self.decisions:
             # Scored as export scores the test decisions: the most likely of the three answers.
-            with autocast(self.precision):
+            with autocast(self.precision, where):
                 scores = decision_accuracy(
                     model, self.decisions, self.pad_id, batch_size=self.train.eval_batch_size
                 )

@@ -112,7 +112,7 @@ def test_reported_loss_is_the_checkpoint_loss(
     assert df["eval_loss"].iloc[-1] < df["eval_loss"].iloc[0]  # it learns
     assert set(df["precision"]) == {precision}
     model = PeftModel.from_pretrained(load_model(tiny_model_path), result.checkpoint.path)
-    with autocast(precision):  # the trial evaluates in the precision it trains in
+    with autocast(precision, "cpu"):  # the trial evaluates in the precision it trains in
         loss = answer_loss(model, data["validation"], 8, tiny_tokenizer.pad_token_id)
     assert loss == pytest.approx(result.metrics["eval_loss"], rel=1e-5)
 
