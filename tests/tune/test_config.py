@@ -110,3 +110,17 @@ def test_bad_yaml_files(tmp_path):
 def test_run_name_defaults_to_a_timestamp():
     cfg = load_config().with_run_name()
     assert cfg.run.name.startswith("sweep-")
+
+
+def test_4bit_without_bitsandbytes_is_refused_before_ray_starts():
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here; the refusal is for machines without it")
+    with pytest.raises(ConfigError, match=r"bitsandbytes \(4-bit QLoRA\) is not installed; run"):
+        load_config(None, ["model.quantization=4bit", "resources.gpus_per_trial=1"])
+    # A cluster's nodes have their own packages: joined by address, it is not checked here.
+    load_config(
+        None,
+        ["model.quantization=4bit", "resources.gpus_per_trial=1", "ray.address=auto"],
+    )
