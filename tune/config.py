@@ -342,7 +342,7 @@ def _cross_checks(cfg: SweepConfig) -> list[str]:
             # their own; docs/cluster.md installs it with the runtime_env.)
             problems.append(
                 "model.quantization: got '4bit', but bitsandbytes (4-bit QLoRA) is not "
-                "installed; run `pip install -e \".[qlora]\"` (or `pip install bitsandbytes`)"
+                'installed; run `pip install -e ".[qlora]"` (or `pip install bitsandbytes`)'
             )
     if t.precision == "fp16":
         problems.extend(_check_cuda_only(cfg, "train.precision", "fp16", "fp16", "auto"))
