@@ -180,6 +180,7 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
             "ray_address": args.ray_address,
             "fp32": side in ("peer_fp32", "peer_default"),
             "asha": side != "peer_default",
+            "search_seed": seed if args.vary_seed else None,
         }
         cmd = [sys.executable, str(Path(__file__).resolve()), "_peer", json.dumps(spec)]
     else:
@@ -211,7 +212,7 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
         raise RuntimeError(f"{side} side exited with {rc}:\n{tail}")
     run = {
         "side": side,
-        "seed": seed if not side.startswith("peer") else None,
+        "seed": seed if args.vary_seed or not side.startswith("peer") else None,
         "started": begun,
         "code": code,
         "wall_s": wall,
@@ -418,12 +419,18 @@ def peer_main(spec: dict) -> None:
             grace_period=cfg.scheduler.grace_period,
             reduction_factor=cfg.scheduler.reduction_factor,
         )
+    search = {}  # by default Ray's random search, seeded through Trainer's set_seed(0)
+    if spec.get("search_seed") is not None:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        search["search_alg"] = BasicVariantGenerator(random_state=spec["search_seed"])
     best_run = trainer.hyperparameter_search(
         direction="minimize",
         backend="ray",
         hp_space=ray_hp_space,
         n_trials=cfg.search.num_samples,
         **asha,
+        **search,
         resources_per_trial={"cpu": cfg.resources.cpus_per_trial},
         storage_path=str(work / "ray"),
         name="peer",
@@ -545,6 +552,13 @@ def main(argv: list[str] | None = None, default_sides: str = "peer,asha") -> dic
         help="medtune's search.seed in every repeat (the peer's random search is seeded by "
         "Trainer's set_seed(args.seed=0))",
     )
+    parser.add_argument(
+        "--vary-seed",
+        action="store_true",
+        help="repeat r searches with seed --seed + r on every side (medtune's search.seed, the "
+        "peer's BasicVariantGenerator(random_state=...)): repeats then sample search luck, "
+        "not only timing noise",
+    )
     parser.add_argument("--sides", default=default_sides, help=f"comma-separated of {SIDES}")
     parser.add_argument(
         "--set",
@@ -583,7 +597,8 @@ def main(argv: list[str] | None = None, default_sides: str = "peer,asha") -> dic
             shift = repeat % len(sides)
             for side in sides[shift:] + sides[:shift]:  # alternate who goes first
                 work = work_root / f"r{repeat}-{side}"
-                run = run_side(side, args, seed=args.seed, work=work)
+                seed = args.seed + repeat if args.vary_seed else args.seed
+                run = run_side(side, args, seed=seed, work=work)
                 scores = scorer.score(run["winner_checkpoint"])
                 run |= {
                     "repeat": repeat,
