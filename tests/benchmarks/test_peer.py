@@ -36,6 +36,8 @@ def test_peer_and_asha_benchmarks_produce_their_numbers(tmp_path, model_cache, r
             "--val-examples=4",
             "--max-records=40",
             "--repeats=1",
+            "--seed=3",
+            "--vary-seed",  # repeat 0 searches with seed 3 on every side, the peer's too
             "--sides=peer,asha,fifo,noreuse",
             f"--ray-address={ray.get_runtime_context().gcs_address}",
             f"--out={tmp_path}",
@@ -45,6 +47,7 @@ def test_peer_and_asha_benchmarks_produce_their_numbers(tmp_path, model_cache, r
     assert written.is_file()
     assert out["complete"] and out["machine"]["cores"] >= 1
     assert {r["side"] for r in out["runs"]} == {"peer", "asha", "fifo", "noreuse"}
+    assert {r["seed"] for r in out["runs"]} == {3}
     for run in out["runs"]:
         for key in ("wall_s", "best_val_loss", "test_loss", "peak_pss_bytes", "peak_rss_bytes"):
             assert math.isfinite(run[key]) and run[key] > 0, (run["side"], key, run[key])
