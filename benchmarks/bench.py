@@ -160,7 +160,7 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
     from trainables.precision import resolve_precision
 
     examples = synthetic_examples(vocab, args.batch, args.seq, args.steps)
-    precisions = list(dict.fromkeys(["fp32", resolve_precision("auto")]))
+    precisions = list(dict.fromkeys(["fp32", resolve_precision("auto", cuda=False)]))
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     peaks = {p: [matmul_gflops(args.threads, dtype=dtypes[p])] for p in precisions}
     bare: dict[str, list[float]] = {p: [] for p in precisions}
@@ -523,7 +523,7 @@ def checkpointing_cost(path: str, data: list[dict], batch: int, threads: int, re
     model = _lora_model(path)
     model.train()
     base = model.get_base_model()
-    precision = resolve_precision("auto")
+    precision = resolve_precision("auto", cuda=False)
     b = collate(data[:batch], 0)
     times: dict[str, list[float]] = {"plain": [], "checkpointed": []}
     for i in range(repeats + 1):

@@ -395,7 +395,7 @@ def peer_main(spec: dict) -> None:
         use_cpu=True,
         # The number format medtune's trials pick here (bf16 on AMX CPUs): the peer's user can
         # pass bf16=True too, so the comparison measures what medtune does beyond it.
-        bf16=not spec.get("fp32") and resolve_precision(train_cfg.precision) == "bf16",
+        bf16=not spec.get("fp32") and resolve_precision(train_cfg.precision, cuda=False) == "bf16",
     )
     trainer = Trainer(
         model_init=model_init,
