@@ -338,8 +338,8 @@ def _cross_checks(cfg: SweepConfig) -> list[str]:
     if cfg.model.quantization == "4bit":
         problems.extend(_check_cuda_only(cfg, "model.quantization", "4bit", "4-bit QLoRA", "none"))
         if not cfg.ray.address and importlib.util.find_spec("bitsandbytes") is None:
-            # Trials run here: they would fail one by one at loading. (A cluster's nodes are
-            # their own; docs/cluster.md installs it with the runtime_env.)
+            # Trials run here: they would fail one by one at loading. (A cluster's nodes have
+            # their own packages; docs/cluster.md: every GPU node needs medtune[qlora].)
             problems.append(
                 "model.quantization: got '4bit', but bitsandbytes (4-bit QLoRA) is not "
                 'installed; run `pip install -e ".[qlora]"` (or `pip install bitsandbytes`)'
