@@ -2,6 +2,8 @@
 
     python benchmarks/peer.py [--model smollm2-135m] [--trials 4] [--steps 16] [--repeats 3]
     python benchmarks/peer.py --sides peer,asha,fifo      # also the ASHA-vs-FIFO comparison
+    python benchmarks/peer.py --sides peer_default,asha --repeats 6 --vary-seed
+                                       # search seed r in repeat r: compares search luck too
     python benchmarks/asha.py                              # only ASHA against FIFO
 
 Sides, each run as its own subprocess (interpreter start, imports, data preparation and Ray
