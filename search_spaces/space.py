@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -98,6 +100,20 @@ class SearchSpace(RootModel[dict[str, Distribution]]):
                 out[name] = FloatDistribution(d.low, d.high, log=isinstance(d, LogUniform))
         return out
 
+    def stratified(self, n: int, seed: int) -> list[dict]:
+        """`n` points of a Latin hypercube over the space, for the sweep's start-up trials.
+
+        Each range is cut into `n` equal slices (equal on the log scale for a log range) and
+        each slice gets exactly one point, at a random place in it; a choice deals its values
+        out in shuffled rounds, so each value is used n/len(values) times, give or take one.
+        Hyperparameters are paired at random. Unlike `n` independent draws, the points never
+        bunch at one end of a range: with 4 draws over 1e-5..1e-3, independent draws miss the
+        top half-decade of learning rates 32% of the time, stratified ones never do.
+        """
+        rng = random.Random(seed)
+        columns = {name: _column(d, n, rng) for name, d in self.root.items()}
+        return [{name: values[i] for name, values in columns.items()} for i in range(n)]
+
     def describe(self) -> dict:
         """Plain data, for the results folder and the model card."""
         return {k: v.model_dump() for k, v in self.root.items()}
@@ -144,6 +160,28 @@ def _locate(name_or_path: str) -> Path:
         f"search.space={name_or_path}: no such file and no shipped space of that name; "
         f"shipped: {', '.join(available_spaces())}, or give a path to a YAML file"
     )
+
+
+def _column(d, n: int, rng: random.Random) -> list:
+    """`n` values of `d`, one from each of its `n` equal slices, in random order."""
+    if isinstance(d, Choice):
+        rounds = -(-n // len(d.values))
+        return [v for _ in range(rounds) for v in rng.sample(d.values, len(d.values))][:n]
+    return [_at(d, (k + rng.random()) / n) for k in rng.sample(range(n), n)]
+
+
+def _at(d, u: float):
+    """The value at quantile `u` in [0, 1) of range `d`, on the scale Optuna draws it on."""
+    if isinstance(d, IntRange):
+        # Every integer low..high owns an equal slice (equal in log scale when log=True).
+        lo, hi = (math.log(d.low), math.log(d.high + 1)) if d.log else (d.low, d.high + 1)
+        x = lo + u * (hi - lo)
+        return min(max(int(math.floor(math.exp(x) if d.log else x)), d.low), d.high)
+    if isinstance(d, LogUniform):
+        x = math.exp(math.log(d.low) + u * (math.log(d.high) - math.log(d.low)))
+    else:
+        x = d.low + u * (d.high - d.low)
+    return min(max(x, d.low), d.high)  # rounding must not step outside Optuna's bounds
 
 
 def _is_positive_int(v) -> bool:

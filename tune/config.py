@@ -47,7 +47,13 @@ class SearchConfig(Section):
         "as export scores it) is maximized.",
     )
     startup_trials: int = Field(
-        3, ge=1, description="Random trials before TPE starts modelling the results."
+        3, ge=1, description="Trials before TPE starts modelling the results."
+    )
+    startup: Literal["stratified", "random"] = Field(
+        "stratified",
+        description="How the start-up trials are placed: stratified (a Latin hypercube: each "
+        "hyperparameter's range cut into startup_trials slices, log slices for log ranges, one "
+        "trial in each) or random (independent draws, Optuna's own start-up).",
     )
 
     @property

@@ -489,6 +489,16 @@ def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:
         console.print(f"Ray dashboard: http://{context.dashboard_url}")
 
 
+def startup_points(cfg: SweepConfig, space: SearchSpace) -> list[dict] | None:
+    """The start-up trials' hyperparameters when `search.startup=stratified`, else None (TPE
+    draws them at random). They reach Optuna as enqueued trials, so TPE counts them among its
+    `n_startup_trials` and a restored study does not run them twice."""
+    if cfg.search.startup != "stratified":
+        return None
+    n = min(cfg.search.startup_trials, cfg.search.num_samples)
+    return space.stratified(n, seed=cfg.search.seed)
+
+
 def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.Tuner:
     cfg = prep.cfg
     metric, mode = cfg.search.metric, cfg.search.mode
@@ -502,6 +512,7 @@ def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.T
         space=prep.space.to_optuna(),
         metric=metric,
         mode=mode,
+        points_to_evaluate=startup_points(cfg, prep.space),
         sampler=optuna.samplers.TPESampler(
             seed=cfg.search.seed, n_startup_trials=cfg.search.startup_trials
         ),

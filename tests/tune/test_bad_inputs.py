@@ -208,6 +208,11 @@ CASES = [
         ["scheduler.name: got 'hyperband'", "'asha' or 'fifo'", "pass scheduler.name="],
     ),
     (
+        "unknown-startup",
+        ["sweep", "search.startup=sobol"],
+        ["search.startup: got 'sobol'", "'stratified' or 'random'", "pass search.startup="],
+    ),
+    (
         "metric-unknown",
         ["sweep", "search.metric=accuracy"],
         [

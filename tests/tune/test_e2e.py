@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from search_spaces import load_space
 from tests.conftest import read_progress
 from tests.tune.conftest import MAX_STEPS, SAMPLES
 
@@ -51,6 +52,17 @@ def test_asha_sweep_invariants(sweep):
         assert t["config"]["lora_r"] in (4, 8, 16, 32)
     assert "Sweep done" in stdout and "Exported to" in stdout
     assert "Ray dashboard: http://127.0.0.1:" in stdout
+
+
+def test_start_up_trials_are_the_stratified_points(sweep):
+    # search.startup=stratified (the default): the 3 start-up trials run exactly the Latin
+    # hypercube points, one per third of each range, and TPE draws the 4th.
+    out, _ = sweep
+    cfg = yaml.safe_load((out / "medtune.yaml").read_text())
+    assert cfg["search"]["startup"] == "stratified" and cfg["search"]["startup_trials"] == 3
+    configs = [t["config"] for t in json.loads((out / "sweep_summary.json").read_text())["trials"]]
+    points = load_space("lora_default").stratified(3, seed=cfg["search"]["seed"])
+    assert all(p in configs for p in points), (points, configs)
 
 
 def test_every_evaluation_reports_the_documented_metrics(sweep):
