@@ -21,6 +21,8 @@ start included in its wall time), alternating within one process run of this scr
   asha  `medtune sweep ... scheduler.name=asha --no-export` (the real CLI);
   fifo  the same with `scheduler.name=fifo`;
   noreuse  asha with `run.reuse_actors=false`: a fresh Ray actor (process, imports) per trial;
+  random_start  asha with `search.startup=random`: TPE's own random start-up trials instead
+        of medtune's stratified ones (a Latin hypercube), to measure what stratifying buys;
   together  asha with `TUNE_MAX_PENDING_TRIALS_PG` at this machine's trial slots: the first
         trials start at once, where Tune's default with a searcher (1 pending trial) starts
         them one by one, each once the last one's process is up (docs/architecture.md).
@@ -65,7 +67,16 @@ from importlib.metadata import version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SIDES = ("peer", "peer_fp32", "peer_default", "asha", "fifo", "noreuse", "together")
+SIDES = (
+    "peer",
+    "peer_fp32",
+    "peer_default",
+    "asha",
+    "fifo",
+    "noreuse",
+    "together",
+    "random_start",
+)
 PACKAGES = ("torch", "transformers", "peft", "ray", "optuna", "psutil")
 
 
@@ -196,6 +207,7 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
             f"run.storage={work}",
             "run.name=sweep",
             *(["run.reuse_actors=false"] if side == "noreuse" else []),
+            *(["search.startup=random"] if side == "random_start" else []),
         ]
         if args.ray_address:
             cmd.append(f"ray.address={args.ray_address}")
@@ -504,6 +516,8 @@ def summarize(runs: list[dict], sides: list[str]) -> dict:
         "fifo_vs_asha": ("fifo", "asha"),
         "noreuse_vs_asha": ("noreuse", "asha"),
         "together_vs_asha": ("together", "asha"),
+        "random_start_vs_asha": ("random_start", "asha"),
+        "peer_default_vs_random_start": ("peer_default", "random_start"),
     }
     for name, (a, b) in pairs.items():
         if a not in sides or b not in sides:
