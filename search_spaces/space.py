@@ -163,7 +163,8 @@ def _locate(name_or_path: str) -> Path:
 
 
 def _column(d, n: int, rng: random.Random) -> list:
-    """`n` values of `d`, one from each of its `n` equal slices, in random order."""
+    """`n` values of `d` in random order: one from each of a range's `n` equal slices, or a
+    choice's values dealt out evenly."""
     if isinstance(d, Choice):
         rounds = -(-n // len(d.values))
         return [v for _ in range(rounds) for v in rng.sample(d.values, len(d.values))][:n]

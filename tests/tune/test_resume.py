@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from search_spaces import load_space
 from tests.conftest import read_progress
 from tests.tune.conftest import MEDTUNE
 
@@ -233,6 +234,12 @@ def test_killed_driver_several_times_then_resume(tmp_path, model_cache, drivers)
     assert f"num_samples: {SAMPLES + 1}" in (out / "medtune.yaml").read_text()
     summary = json.loads((out / "sweep_summary.json").read_text())
     assert len(summary["trials"]) == SAMPLES + 1
+    # The start-up trials are the stratified points (search.seed 0), each run once across
+    # kills and restores: the restored study does not enqueue them again for the extension.
+    configs = [t["config"] for t in summary["trials"]]
+    points = load_space("lora_default").stratified(SAMPLES, seed=0)
+    assert [configs.count(p) for p in points] == [1] * SAMPLES, (points, configs)
+    assert len({json.dumps(c, sort_keys=True) for c in configs}) == SAMPLES + 1
     assert summary["errored"] == 0
     assert all(t["last_step"] == STEPS for t in summary["trials"])
     assert len(list(out.glob("trial_*"))) == SAMPLES + 1
