@@ -39,7 +39,9 @@ class SearchConfig(Section):
         "lora_default", description="A space shipped in search_spaces/ (by name) or a YAML path."
     )
     num_samples: int = Field(6, ge=1, description="Trials to run.")
-    seed: int = Field(0, description="Seed of the Optuna TPE sampler.")
+    seed: int = Field(
+        0, description="Seed of the Optuna TPE sampler and of the stratified start-up points."
+    )
     metric: Literal["eval_loss", "eval_perplexity", "eval_accuracy"] = Field(
         "eval_loss",
         description="Validation metric: eval_loss and eval_perplexity (answer tokens only) are "

@@ -88,8 +88,9 @@ splits. Fingerprint `{data["fingerprint"][:16]}`.
 ## Sweep
 {len(trials)} trials: {sweep.get("stopped_early", "?")} stopped early, {sweep.get("errored", "?")}
 errored, {sweep.get("steps_trained", "?")} training steps in all{compute_text}. Optuna TPE
-(seed {cfg["search"]["seed"]}), scheduler `{cfg["scheduler"]["name"]}`, metric
-`{metrics["metric"]}` on the validation split ({_METRIC_NOTES.get(metrics["metric"], "")}).
+(seed {cfg["search"]["seed"]}; {_startup_text(cfg["search"])}), scheduler
+`{cfg["scheduler"]["name"]}`, metric `{metrics["metric"]}` on the validation split
+({_METRIC_NOTES.get(metrics["metric"], "")}).
 
 Search space: `{json.dumps(space)}`
 
@@ -164,3 +165,12 @@ def _confirmation_section(confirmation: dict | None) -> str:
         "| rank | hyperparameters | sweep best | confirmation runs | mean ± std |\n"
         "|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
+
+
+def _startup_text(search: dict) -> str:
+    """How the start-up trials were placed; sweeps saved before `search.startup` drew them at
+    random."""
+    n = search.get("startup_trials", 3)
+    if search.get("startup", "random") == "stratified":
+        return f"first {n} trials stratified on a Latin hypercube"
+    return f"first {n} trials random"

@@ -56,7 +56,8 @@ def test_asha_sweep_invariants(sweep):
 
 def test_start_up_trials_are_the_stratified_points(sweep):
     # search.startup=stratified (the default): the 3 start-up trials run exactly the Latin
-    # hypercube points, one per third of each range, and TPE draws the 4th.
+    # hypercube points, one per third of each range; the 4th comes from TPE (its own random
+    # draw until 3 trials have finished).
     out, _ = sweep
     cfg = yaml.safe_load((out / "medtune.yaml").read_text())
     assert cfg["search"]["startup"] == "stratified" and cfg["search"]["startup_trials"] == 3
@@ -174,3 +175,4 @@ def test_model_card(sweep):
     assert "| test_loss |" in card
     assert "## Confirmation" in card and "**chosen**" in card
     assert "trial-minutes of compute" in card
+    assert "first 3 trials stratified on a Latin hypercube" in card
