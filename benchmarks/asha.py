@@ -1,4 +1,6 @@
-"""`make bench`: what ASHA saves. The same medtune sweep with `scheduler.name=asha` and `fifo`.
+"""`make bench`: what ASHA saves. The same medtune sweep with `scheduler.name=asha` (medtune's
+ASHA, which compares a trial before promoting it), with Ray's ASHA as it ships
+(`scheduler.wait_to_compare=false`) and with `fifo`.
 
     python benchmarks/asha.py [--model smollm2-135m] [--trials 4] [--steps 16] [--repeats 3]
 
@@ -25,4 +27,4 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     if not any(a == "--name" or a.startswith("--name=") for a in argv):
         argv = [*argv, "--name", "asha"]
-    main(argv, default_sides="asha,fifo")
+    main(argv, default_sides="asha,ray_asha,fifo")

@@ -21,6 +21,8 @@ start included in its wall time), alternating within one process run of this scr
   asha  `medtune sweep ... scheduler.name=asha --no-export` (the real CLI);
   fifo  the same with `scheduler.name=fifo`;
   noreuse  asha with `run.reuse_actors=false`: a fresh Ray actor (process, imports) per trial;
+  ray_asha  asha with `scheduler.wait_to_compare=false`: Ray's ASHA as it ships, which
+        promotes the first trial to reach a rung unopposed (tune/scheduler.py);
   random_start  asha with `search.startup=random`: TPE's own random start-up trials instead
         of medtune's stratified ones (a Latin hypercube), to measure what stratifying buys;
   together  asha with `TUNE_MAX_PENDING_TRIALS_PG` at this machine's trial slots: the first
@@ -76,6 +78,7 @@ SIDES = (
     "noreuse",
     "together",
     "random_start",
+    "ray_asha",
 )
 PACKAGES = ("torch", "transformers", "peft", "ray", "optuna", "psutil")
 
@@ -208,6 +211,7 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
             "run.name=sweep",
             *(["run.reuse_actors=false"] if side == "noreuse" else []),
             *(["search.startup=random"] if side == "random_start" else []),
+            *(["scheduler.wait_to_compare=false"] if side == "ray_asha" else []),
         ]
         if args.ray_address:
             cmd.append(f"ray.address={args.ray_address}")
@@ -518,6 +522,8 @@ def summarize(runs: list[dict], sides: list[str]) -> dict:
         "together_vs_asha": ("together", "asha"),
         "random_start_vs_asha": ("random_start", "asha"),
         "peer_default_vs_random_start": ("peer_default", "random_start"),
+        "ray_asha_vs_asha": ("ray_asha", "asha"),
+        "fifo_vs_ray_asha": ("fifo", "ray_asha"),
     }
     for name, (a, b) in pairs.items():
         if a not in sides or b not in sides:

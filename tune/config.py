@@ -77,6 +77,12 @@ class SchedulerConfig(Section):
     reduction_factor: float = Field(
         2, gt=1, description="ASHA keeps 1/reduction_factor of trials at each rung."
     )
+    wait_to_compare: bool = Field(
+        True,
+        description="ASHA: a trial reaching a rung before reduction_factor results are there "
+        "waits, paused at its checkpoint, until it can be compared; false promotes it "
+        "unopposed, as Ray's ASHA does.",
+    )
 
 
 class ResourcesConfig(Section):

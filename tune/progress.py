@@ -36,6 +36,7 @@ class SweepProgress(Callback):
         self.num_samples = num_samples
         self.started = 0
         self.numbers: dict[str, int] = {}
+        self.waiting: set[str] = set()
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks into the experiment state; a console holds locks.
@@ -49,10 +50,24 @@ class SweepProgress(Callback):
         return f"trial {self.numbers.get(trial.trial_id, '?')}/{self.num_samples}"
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id not in self.numbers:
-            self.started += 1
-            self.numbers[trial.trial_id] = self.started
+        if trial.trial_id in self.numbers:  # a paused trial promoted, or a restored sweep
+            self.waiting.discard(trial.trial_id)
+            step = (trial.last_result or {}).get("step", 0)
+            self.console.print(f"[bold]▶ {self._name(trial)}[/] resumes from step {step}")
+            return
+        self.started += 1
+        self.numbers[trial.trial_id] = self.started
         self.console.print(f"[bold]▶ {self._name(trial)}[/] {format_params(trial.config)}")
+
+    def on_step_end(self, iteration, trials, **info):
+        # Ray has no pause hook; a trial turns PAUSED only when ASHA holds it to be compared.
+        for trial in trials:
+            if trial.status == "PAUSED" and trial.trial_id not in self.waiting:
+                self.waiting.add(trial.trial_id)
+                step = (trial.last_result or {}).get("step", 0)
+                self.console.print(
+                    f"[yellow]‖ {self._name(trial)}[/] waits at step {step} to be compared"
+                )
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.console.print(

@@ -25,7 +25,7 @@ import optuna
 import ray
 import yaml
 from ray import tune as ray_tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 from rich.markup import escape
@@ -48,6 +48,7 @@ from tune.data_report import data_summary, encode_splits
 from tune.errors import UserError
 from tune.progress import SweepProgress
 from tune.redact import redact, redact_text
+from tune.scheduler import ComparingASHA
 from tune.storage import (
     MirrorResults,
     delete_run,
@@ -517,15 +518,7 @@ def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.T
             seed=cfg.search.seed, n_startup_trials=cfg.search.startup_trials
         ),
     )
-    if cfg.scheduler.name == "asha":
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",  # one iteration = one evaluation
-            max_t=cfg.evaluations,
-            grace_period=cfg.scheduler.grace_period,
-            reduction_factor=cfg.scheduler.reduction_factor,
-        )
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = _scheduler(cfg)
     return ray_tune.Tuner(
         trainable,
         tune_config=ray_tune.TuneConfig(
@@ -556,6 +549,24 @@ def _build_tuner(prep: PreparedSweep, out: Path, console: Console) -> ray_tune.T
             ],
             verbose=0,
         ),
+    )
+
+
+def _scheduler(cfg: SweepConfig) -> TrialScheduler:
+    if cfg.scheduler.name == "fifo":
+        return FIFOScheduler()
+    asha = {
+        "time_attr": "training_iteration",  # one iteration = one evaluation
+        "max_t": cfg.evaluations,
+        "grace_period": cfg.scheduler.grace_period,
+        "reduction_factor": cfg.scheduler.reduction_factor,
+    }
+    if not cfg.scheduler.wait_to_compare:
+        return ASHAScheduler(**asha)
+    return ComparingASHA(
+        num_samples=cfg.search.num_samples,
+        max_concurrent=cfg.resources.max_concurrent_trials,
+        **asha,
     )
 
 

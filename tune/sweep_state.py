@@ -31,7 +31,7 @@ __all__ = ["Evaluation", "SweepState", "TrialState", "asha_rungs", "read_sweep",
 _STATUS = {
     "RUNNING": "running",
     "PENDING": "pending",
-    "PAUSED": "pending",
+    "PAUSED": "waiting",  # held by ASHA at a rung until it can be compared
     "TERMINATED": "completed",
     "ERROR": "errored",
 }
@@ -49,7 +49,7 @@ class Evaluation:
 @dataclass
 class TrialState:
     trial_id: str
-    status: str  # running | pending | completed | stopped | errored
+    status: str  # running | waiting | pending | completed | stopped | errored
     params: dict
     history: list[Evaluation] = field(default_factory=list)
     stopped_at_rung: int | None = None  # 1-based ASHA rung where the scheduler stopped it
@@ -99,7 +99,7 @@ class SweepState:
 
     @property
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(("running", "pending", "completed", "stopped", "errored"), 0)
+        out = dict.fromkeys(("running", "waiting", "pending", "completed", "stopped", "errored"), 0)
         for t in self.trials:
             out[t.status] += 1
         return out

@@ -38,7 +38,7 @@ def test_peer_and_asha_benchmarks_produce_their_numbers(tmp_path, model_cache, r
             "--repeats=1",
             "--seed=3",
             "--vary-seed",  # repeat 0 searches with seed 3 on every side, the peer's too
-            "--sides=peer,asha,fifo,noreuse",
+            "--sides=peer,asha,ray_asha,fifo,noreuse",
             f"--ray-address={ray.get_runtime_context().gcs_address}",
             f"--out={tmp_path}",
         ]
@@ -46,7 +46,7 @@ def test_peer_and_asha_benchmarks_produce_their_numbers(tmp_path, model_cache, r
     (written,) = tmp_path.glob("*-peer-tiny-random.json")
     assert written.is_file()
     assert out["complete"] and out["machine"]["cores"] >= 1
-    assert {r["side"] for r in out["runs"]} == {"peer", "asha", "fifo", "noreuse"}
+    assert {r["side"] for r in out["runs"]} == {"peer", "asha", "ray_asha", "fifo", "noreuse"}
     assert {r["seed"] for r in out["runs"]} == {3}
     for run in out["runs"]:
         for key in ("wall_s", "best_val_loss", "test_loss", "peak_pss_bytes", "peak_rss_bytes"):
@@ -58,7 +58,13 @@ def test_peer_and_asha_benchmarks_produce_their_numbers(tmp_path, model_cache, r
             assert len(run["trial_starts_s"]) == 2
             assert 0 < run["trial_starts_s"][0] <= run["trial_starts_s"][1] < run["wall_s"]
     summary = out["summary"]
-    for pair in ("peer_vs_medtune", "fifo_vs_asha", "noreuse_vs_asha"):
+    for pair in (
+        "peer_vs_medtune",
+        "fifo_vs_asha",
+        "noreuse_vs_asha",
+        "ray_asha_vs_asha",
+        "fifo_vs_ray_asha",
+    ):
         for key in ("wall_time", "steps", "peak_pss", "best_val_loss_gain"):
             assert all(math.isfinite(v) for v in summary[pair][key]["per_repeat"]), (pair, key)
     assert summary["fifo_vs_asha"]["steps"]["min"] >= 1  # FIFO never trains fewer steps

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -135,7 +134,7 @@ def test_export_metrics_are_finite_and_in_range(sweep):
     assert metrics["base"]["test_loss"] != metrics["tuned"]["test_loss"]
 
 
-def test_export_folder_loads_in_a_pipeline_and_as_an_adapter(sweep):
+def test_export_folder_loads_in_a_pipeline_and_as_an_adapter(sweep, tiny_model_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, pipeline
 
@@ -156,8 +155,8 @@ def test_export_folder_loads_in_a_pipeline_and_as_an_adapter(sweep):
     text = generator("Question: What is asthma?\nAnswer:", max_new_tokens=5, do_sample=False)
     assert isinstance(text[0]["generated_text"], str)
 
-    base_path = os.environ["MEDTUNE_CACHE"] + "/models/tiny-random"
-    base = AutoModelForCausalLM.from_pretrained(base_path)
+    # This worker's copy of the base: the shared sweep may have run in the other worker.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     adapted = PeftModel.from_pretrained(base, str(export / "adapter")).eval()
     merged = AutoModelForCausalLM.from_pretrained(str(export)).eval()
     ids = torch.tensor([[5, 17, 42, 99, 3]])

@@ -1,0 +1,155 @@
+"""ComparingASHA in real Ray Tune sweeps: two trials whose losses and speeds are set, so each
+decision is known in advance. The first trial reaches every rung first (it does not sleep)."""
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from ray import tune
+
+from tests.conftest import read_progress
+from tests.tune.conftest import MEDTUNE
+from tune.scheduler import ComparingASHA
+from tune.sweep_state import read_sweep
+
+MAX_T = 4  # rungs at 1 and 2 evaluations; 4 is the full budget
+
+
+def _curve(config):
+    """Reports `config["loss"]` every iteration with a checkpoint; says where it resumed from."""
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            start = int((Path(d) / "iteration").read_text())
+    for iteration in range(start + 1, MAX_T + 1):
+        time.sleep(config["delay"])
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "iteration").write_text(str(iteration))
+            tune.report(
+                {"loss": config["loss"], "resumed_from": start},
+                checkpoint=tune.Checkpoint.from_directory(d),
+            )
+
+
+def _sweep(tmp_path, first_loss: float, second_loss: float, max_concurrent=None) -> list:
+    trials = [{"loss": first_loss, "delay": 0.0}, {"loss": second_loss, "delay": 2.0}]
+    scheduler = ComparingASHA(
+        num_samples=len(trials),
+        max_concurrent=max_concurrent,
+        time_attr="training_iteration",
+        max_t=MAX_T,
+        grace_period=1,
+        reduction_factor=2,
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(_curve, {"cpu": 1}),
+        param_space=tune.grid_search(trials),
+        tune_config=tune.TuneConfig(
+            metric="loss",
+            mode="min",
+            scheduler=scheduler,
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=False,  # a paused trial leaves no actor behind (see the first test)
+            time_budget_s=120,  # a trial left waiting forever would end the sweep here
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+    )
+    grid = tuner.fit()
+    assert not grid.errors
+    by_loss = sorted(grid, key=lambda r: r.config["delay"])  # the fast (first) trial first
+    return [r.metrics_dataframe for r in by_loss]
+
+
+@pytest.mark.usefixtures("ray_2_cpus")
+def test_the_first_trial_at_a_rung_waits_and_a_worse_one_is_stopped_there(tmp_path, monkeypatch):
+    # Tune saves its experiment state at every step, as medtune's driver does at every
+    # checkpoint: a state saved while the first trial waits must not outlive its stop.
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    first, second = _sweep(tmp_path, first_loss=2.0, second_loss=1.0)
+    # Ray's ASHA would promote the first trial unopposed and run it to the end.
+    assert list(first["training_iteration"]) == [1]
+    assert list(second["training_iteration"]) == [1, 2, 3, 4]
+    assert (second["resumed_from"] == 0).all()
+    # The experiment state on disk (what the dashboard and --resume read) has the trial
+    # stopped while paused as ended, not still paused.
+    (state_file,) = tmp_path.glob("*/experiment_state-*.json")
+    trials = [json.loads(t[0]) for t in json.loads(state_file.read_text())["trial_data"]]
+    assert [t["status"] for t in trials] == ["TERMINATED", "TERMINATED"]
+
+
+@pytest.mark.usefixtures("ray_2_cpus")
+def test_a_waiting_trial_that_wins_resumes_from_its_checkpoint(tmp_path):
+    first, second = _sweep(tmp_path, first_loss=1.0, second_loss=2.0)
+    assert list(second["training_iteration"]) == [1]
+    assert list(first["training_iteration"]) == [1, 2, 3, 4]
+    # Paused at iteration 1, then resumed from the checkpoint it reported there. At rung 2 no
+    # other trial could arrive any more, so it did not wait again.
+    assert list(first["resumed_from"]) == [0, 1, 1, 1]
+
+
+@pytest.mark.usefixtures("ray_2_cpus")
+def test_no_trial_waits_for_one_the_concurrency_cap_would_not_start(tmp_path):
+    first, second = _sweep(tmp_path, first_loss=2.0, second_loss=1.0, max_concurrent=1)
+    # One trial at a time: the first has nobody to wait for and runs its budget, as in Ray's
+    # ASHA; the second, compared at each rung against it, is better and runs too.
+    assert list(first["training_iteration"]) == [1, 2, 3, 4]
+    assert (first["resumed_from"] == 0).all()
+    assert list(second["training_iteration"]) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_a_medtune_trial_paused_to_be_compared_resumes_exactly(tmp_path, model_cache):
+    """Two trials of the real trainable with the same hyperparameters and seed: whichever
+    reaches a rung first waits there, paused, and ties the other, so it resumes from its
+    checkpoint. Pausing must not change training: both trials evaluate the same at every step."""
+    space = tmp_path / "one_point.yaml"
+    space.write_text(
+        "learning_rate: {type: choice, values: [0.001]}\n"
+        "weight_decay: {type: choice, values: [0.0]}\n"
+        "lora_r: {type: choice, values: [8]}\n"
+    )
+    args = [
+        "sweep",
+        "--no-export",
+        "model.name=tiny-random",
+        "data.max_records=60",
+        "search.num_samples=2",
+        f"search.space={space}",
+        "train.max_steps=20",
+        "train.eval_every=5",
+        "train.per_device_batch_size=4",
+        "run.name=pause",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [MEDTUNE, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "waits at step 5 to be compared" in proc.stdout
+    assert "resumes from step 5" in proc.stdout
+    out = tmp_path / "results" / "pause"
+    curves = [read_progress(p) for p in sorted(out.glob("trial_*/progress.csv"))]
+    assert len(curves) == 2
+    for df in curves:
+        assert list(df["step"]) == [5, 10, 15, 20]
+    # Tune counts iterations since the trial's last restore from a checkpoint.
+    assert any((df["iterations_since_restore"] < df["training_iteration"]).any() for df in curves)
+    assert list(curves[0]["eval_loss"]) == pytest.approx(list(curves[1]["eval_loss"]), rel=1e-6)
+
+    # The dashboard's reading of a trial Tune holds paused.
+    state_file = sorted(out.glob("experiment_state-*.json"))[-1]
+    state = json.loads(state_file.read_text())
+    trial = json.loads(state["trial_data"][0][0])
+    trial["status"] = "PAUSED"
+    state["trial_data"][0][0] = json.dumps(trial)
+    state_file.write_text(json.dumps(state))
+    (out / "sweep_summary.json").unlink(missing_ok=True)
+    sweep = read_sweep(out)
+    statuses = {t.trial_id: t.status for t in sweep.trials}
+    assert statuses[trial["trial_id"]] == "waiting"
+    assert sweep.counts["waiting"] == 1
