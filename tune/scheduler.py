@@ -57,27 +57,35 @@ class ComparingASHA(AsyncHyperBandScheduler):
             self._waiting[trial.trial_id] = milestone
             return TrialScheduler.PAUSE
         action = super().on_trial_result(tune_controller, trial, result)
-        self._settle(tune_controller)
+        self._settle(
+            tune_controller, ending=trial.trial_id if action == TrialScheduler.STOP else None
+        )
         return action
 
+    # Tune calls these before it marks the trial ended: `ending` counts it as ended already,
+    # or a trial waiting for it would wait for a result that never comes.
     def on_trial_complete(self, tune_controller: TuneController, trial: Trial, result: dict):
         self._waiting.pop(trial.trial_id, None)
         super().on_trial_complete(tune_controller, trial, result)
-        self._settle(tune_controller)
+        self._settle(tune_controller, ending=trial.trial_id)
 
     def on_trial_remove(self, tune_controller: TuneController, trial: Trial):
         self._waiting.pop(trial.trial_id, None)
         super().on_trial_remove(tune_controller, trial)
-        self._settle(tune_controller)
+        self._settle(tune_controller, ending=trial.trial_id)
 
     def on_trial_error(self, tune_controller: TuneController, trial: Trial):
         self._waiting.pop(trial.trial_id, None)
         super().on_trial_error(tune_controller, trial)
-        self._settle(tune_controller)
+        self._settle(tune_controller, ending=trial.trial_id)
 
     def choose_trial_to_run(self, tune_controller: TuneController) -> Trial | None:
         """A promoted paused trial first (ASHA would have kept it running), then a new one;
         never a trial that is still waiting to be compared."""
+        # Tune asks at every step of its loop: settle again, with every status current, so no
+        # trial can wait on a rung that nothing will reach.
+        if self._waiting:
+            self._settle(tune_controller)
         trials = tune_controller.get_trials()
         for trial in trials:
             if trial.status == Trial.PAUSED and trial.trial_id not in self._waiting:
@@ -99,11 +107,17 @@ class ComparingASHA(AsyncHyperBandScheduler):
         return None
 
     def _could_arrive(
-        self, tune_controller: TuneController, milestone: float, recorded: dict, trial_id: str
+        self,
+        tune_controller: TuneController,
+        milestone: float,
+        recorded: dict,
+        trial_id: str,
+        ending: str | None = None,
     ) -> bool:
-        """Whether a trial other than `trial_id` may still report at `milestone`."""
+        """Whether a trial other than `trial_id` (and `ending`) may still report at
+        `milestone`."""
         trials = tune_controller.get_trials()
-        live = [t for t in trials if t.status not in _ENDED]
+        live = [t for t in trials if t.status not in _ENDED and t.trial_id != ending]
         for t in live:
             if t.trial_id == trial_id or t.trial_id in recorded:
                 continue
@@ -112,7 +126,7 @@ class ComparingASHA(AsyncHyperBandScheduler):
         # A trial the searcher has yet to suggest, if the concurrency cap lets it start.
         return len(trials) < self._num_samples and len(live) < self._max_concurrent
 
-    def _settle(self, tune_controller: TuneController) -> None:
+    def _settle(self, tune_controller: TuneController, ending: str | None = None) -> None:
         """Decide every waiting trial whose rung has its quorum or can get no more results."""
         by_id = {t.trial_id: t for t in tune_controller.get_trials()}
         for trial_id, milestone in list(self._waiting.items()):
@@ -122,7 +136,7 @@ class ComparingASHA(AsyncHyperBandScheduler):
                 continue
             recorded = dict(self._trial_info[trial_id]._rungs)[milestone]
             if len(recorded) < self._quorum and self._could_arrive(
-                tune_controller, milestone, recorded, trial_id
+                tune_controller, milestone, recorded, trial_id, ending
             ):
                 continue
             # Out of the waiting list before stop_trial, which calls back into on_trial_remove.

@@ -208,6 +208,15 @@ CASES = [
         ["scheduler.name: got 'hyperband'", "'asha' or 'fifo'", "pass scheduler.name="],
     ),
     (
+        "not-a-boolean",
+        ["sweep", "scheduler.wait_to_compare=sometimes"],
+        [
+            "scheduler.wait_to_compare: got 'sometimes'",
+            "valid boolean",
+            "pass scheduler.wait_to_compare=",
+        ],
+    ),
+    (
         "unknown-startup",
         ["sweep", "search.startup=sobol"],
         ["search.startup: got 'sobol'", "'stratified' or 'random'", "pass search.startup="],
