@@ -130,6 +130,8 @@ class ComparingASHA(AsyncHyperBandScheduler):
         """Decide every waiting trial whose rung has its quorum or can get no more results."""
         by_id = {t.trial_id: t for t in tune_controller.get_trials()}
         for trial_id, milestone in list(self._waiting.items()):
+            if trial_id not in self._waiting:  # decided by a nested settle (via stop_trial)
+                continue
             trial = by_id.get(trial_id)
             if trial is None or trial.status in _ENDED:
                 self._waiting.pop(trial_id, None)
