@@ -89,7 +89,7 @@ splits. Fingerprint `{data["fingerprint"][:16]}`.
 {len(trials)} trials: {sweep.get("stopped_early", "?")} stopped early, {sweep.get("errored", "?")}
 errored, {sweep.get("steps_trained", "?")} training steps in all{compute_text}. Optuna TPE
 (seed {cfg["search"]["seed"]}; {_startup_text(cfg["search"])}), scheduler
-`{cfg["scheduler"]["name"]}`, metric `{metrics["metric"]}` on the validation split
+{_scheduler_text(cfg["scheduler"])}, metric `{metrics["metric"]}` on the validation split
 ({_METRIC_NOTES.get(metrics["metric"], "")}).
 
 Search space: `{json.dumps(space)}`
@@ -174,3 +174,20 @@ def _startup_text(search: dict) -> str:
     if search.get("startup", "random") == "stratified":
         return f"first {n} trials stratified on a Latin hypercube"
     return f"first {n} trials random"
+
+
+def _scheduler_text(scheduler: dict) -> str:
+    """The scheduler and how it promoted trials; sweeps saved before
+    `scheduler.wait_to_compare` ran Ray's ASHA, which promotes the first trial at a rung."""
+    if scheduler["name"] != "asha":
+        return f"`{scheduler['name']}` (no early stopping)"
+    rule = (
+        "a trial first at a rung waits, paused at its checkpoint, until it can be compared"
+        if scheduler.get("wait_to_compare", False)
+        else "the first trial at a rung goes on unopposed, as in Ray's ASHA"
+    )
+    grace = scheduler["grace_period"]
+    return (
+        f"`asha` (grace period {grace} evaluation{'s' * (grace != 1)}, reduction factor "
+        f"{scheduler['reduction_factor']:g}; {rule})"
+    )

@@ -175,3 +175,7 @@ def test_model_card(sweep):
     assert "## Confirmation" in card and "**chosen**" in card
     assert "trial-minutes of compute" in card
     assert "first 3 trials stratified on a Latin hypercube" in card
+    assert (
+        "scheduler `asha` (grace period 1 evaluation, reduction factor 2; a trial first at a "
+        "rung waits, paused at its checkpoint, until it can be compared)"
+    ) in " ".join(card.split())

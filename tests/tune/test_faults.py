@@ -70,7 +70,8 @@ def test_failed_trials_are_errored_with_their_reason_and_the_sweep_carries_on(fa
     (done,) = [t for t in trials if t["status"] == "completed"]
     assert done["last_step"] == 4 and summary["best"]["trial_id"] == done["trial_id"]
     assert "Sweep done: 4 trials, 0 stopped early, 3 errored" in proc.stdout
-    assert (out / "export" / "README.md").is_file()
+    card = (out / "export" / "README.md").read_text()
+    assert "scheduler `fifo` (no early stopping)" in " ".join(card.split())
 
 
 def test_a_nan_step_stops_the_trial_before_it_is_trained_on(faulty):
