@@ -104,6 +104,17 @@ def medtune_overrides(args, seed: int) -> list[str]:
     return out + args.set
 
 
+def side_overrides(side: str) -> list[str]:
+    """What a medtune side sets beyond the settings every side shares."""
+    own = {
+        "fifo": ["scheduler.name=fifo"],
+        "noreuse": ["run.reuse_actors=false"],
+        "random_start": ["search.startup=random"],
+        "ray_asha": ["scheduler.wait_to_compare=false"],
+    }
+    return ([] if side == "fifo" else ["scheduler.name=asha"]) + own.get(side, [])
+
+
 # -- measuring a subprocess tree ---------------------------------------------------------------
 
 
@@ -206,12 +217,9 @@ def run_side(side: str, args, seed: int, work: Path) -> dict:
             "sweep",
             "--no-export",
             *overrides,
-            f"scheduler.name={'fifo' if side == 'fifo' else 'asha'}",
+            *side_overrides(side),
             f"run.storage={work}",
             "run.name=sweep",
-            *(["run.reuse_actors=false"] if side == "noreuse" else []),
-            *(["search.startup=random"] if side == "random_start" else []),
-            *(["scheduler.wait_to_compare=false"] if side == "ray_asha" else []),
         ]
         if args.ray_address:
             cmd.append(f"ray.address={args.ray_address}")
@@ -555,7 +563,7 @@ def summarize(runs: list[dict], sides: list[str]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None, default_sides: str = "peer,asha") -> dict:
+def build_parser(default_sides: str = "peer,asha") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--trials", type=int, default=4)
@@ -598,6 +606,11 @@ def main(argv: list[str] | None = None, default_sides: str = "peer,asha") -> dic
         type=Path,
         help="recompute the summary of a results JSON from its runs (e.g. an interrupted one)",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None, default_sides: str = "peer,asha") -> dict:
+    parser = build_parser(default_sides)
     args = parser.parse_args(argv)
     if args.resummarize:
         out = json.loads(args.resummarize.read_text())
