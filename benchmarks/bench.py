@@ -2,13 +2,14 @@
 
     python benchmarks/bench.py [--model smollm2-135m] [--batch 8] [--seq 256] [--steps 9]
 
-Measures in one process run, on the same model, batch, sequence length and threads:
+Measures in one run of this script, on the same model, batch, sequence length and threads:
   1. the matmul peak of this machine through torch (GFLOP/s), fp32 and bf16;
   2. a bare PyTorch LoRA loop (PEFT LoRA r=8 on q/v, AdamW, frozen base): tokens/s;
   3. one medtune trial (the real `train_lora` inside a one-trial Ray Tune run): tokens/s;
-     2 and 3 alternate, --repeats times each, with the trial's LoRA settings (r=8, dropout),
-     in fp32 and in the precision `train.precision=auto` picks here (bf16 on AMX CPUs; the
-     bare loop then runs under the same autocast).
+     2 and 3 alternate, --repeats times each, each run in a fresh process of its own, with
+     the trial's LoRA settings (r=8, dropout), in fp32 and in the precision
+     `train.precision=auto` picks here (bf16 on AMX CPUs; the bare loop then runs under the
+     same autocast).
 The matmul-bound ceiling is peak / (4 x parameters) tokens/s: forward (2 FLOP per weight) and
 the input-gradient backward (2 more); LoRA's weight gradients are negligible.
   4. trial start-up: from the start of a trial's function to the start of its first training
@@ -36,6 +37,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -159,7 +162,6 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
     defines the ceiling, but it is not the like-for-like figure)."""
     from trainables.precision import resolve_precision
 
-    examples = synthetic_examples(vocab, args.batch, args.seq, args.steps)
     precisions = list(dict.fromkeys(["fp32", resolve_precision("auto", cuda=False)]))
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     peaks = {p: [matmul_gflops(args.threads, dtype=dtypes[p])] for p in precisions}
@@ -167,8 +169,8 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
     trial: dict[str, list[float]] = {p: [] for p in precisions}
     for _ in range(args.repeats):  # alternating, so drifts in the machine hit every side
         for p in precisions:
-            bare[p].append(bare_loop(path, examples, args.batch, args.threads, p))
-            trial[p].append(medtune_trial(path, examples, args.batch, args.threads, p))
+            bare[p].append(_side_in_subprocess("bare", path, vocab, args, p))
+            trial[p].append(_side_in_subprocess("trial", path, vocab, args, p))
     for p in precisions:
         peaks[p].append(matmul_gflops(args.threads, dtype=dtypes[p]))
     ceilings = {p: statistics.median(peaks[p]) * 1e9 / (4 * params) for p in precisions}
@@ -189,6 +191,42 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
     if len(precisions) > 1:
         out["auto_vs_fp32_trial"] = _ratios(trial[precisions[1]], trial["fp32"])
     return out
+
+
+def _side_in_subprocess(side: str, path: str, vocab: int, args, precision: str) -> float:
+    """Tokens/s of one run of the bare loop or the trial, in a fresh Python process.
+
+    Run from the process that had just run the bare loop, the bf16 trial trained at 435-451
+    tokens/s against 591-592 from a fresh one (BENCHMARKS.md, ninth session), so neither side
+    runs in a process the other has used."""
+    spec = {
+        "side": side,
+        "path": path,
+        "vocab": vocab,
+        "batch": args.batch,
+        "seq": args.seq,
+        "steps": args.steps,
+        "threads": args.threads,
+        "precision": precision,
+    }
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_side", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith(_SIDE_RESULT)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{side} ({precision}) exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
+        )
+    return float(lines[-1].removeprefix(_SIDE_RESULT))
+
+
+_SIDE_RESULT = "medtune-bench-side tokens/s: "
+
+
+def _run_side(spec: dict) -> None:
+    examples = synthetic_examples(spec["vocab"], spec["batch"], spec["seq"], spec["steps"])
+    run = bare_loop if spec["side"] == "bare" else medtune_trial
+    tps = run(spec["path"], examples, spec["batch"], spec["threads"], spec["precision"])
+    print(f"{_SIDE_RESULT}{tps}", flush=True)
 
 
 # -- 4 and 5: trial start-up and memory with the base in the object store ----------------------
@@ -710,4 +748,7 @@ if __name__ == "__main__":
     # One run of this script (2026-11-29, 09:30) died of SIGSEGV at interpreter exit, after
     # its JSON was written; a crash like that now prints every thread's Python stack.
     faulthandler.enable()
-    main()
+    if sys.argv[1:2] == ["_side"]:  # one side of part 1, run by _side_in_subprocess
+        _run_side(json.loads(sys.argv[2]))
+    else:
+        main()
