@@ -193,6 +193,9 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
     return out
 
 
+_SIDE_RESULT = "medtune-bench-side tokens/s: "
+
+
 def _side_in_subprocess(side: str, path: str, vocab: int, args, precision: str) -> float:
     """Tokens/s of one run of the bare loop or the trial, in a fresh Python process.
 
@@ -217,9 +220,6 @@ def _side_in_subprocess(side: str, path: str, vocab: int, args, precision: str) 
             f"{side} ({precision}) exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
         )
     return float(lines[-1].removeprefix(_SIDE_RESULT))
-
-
-_SIDE_RESULT = "medtune-bench-side tokens/s: "
 
 
 def _run_side(spec: dict) -> None:
