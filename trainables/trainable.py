@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +39,7 @@ from trainables.loss import answer_token_loss
 from trainables.models import BaseWeights, load_model, lora_target_modules, model_from_weights
 from trainables.precision import autocast, resolve_precision
 from trainables.prompts import IGNORE_INDEX, collate
+from trainables.scratch import trial_scratch
 
 __all__ = ["TrialSettings", "release_memory", "train_lora"]
 
@@ -114,8 +114,8 @@ def _train(config, settings, data, weights, callbacks) -> None:
         torch.get_num_threads(),
         precision,
     )
-    work = Path(tempfile.mkdtemp(prefix="medtune-trial-"))
-    try:
+    # Named by the trial, so a folder in the temporary directory says whose it was.
+    with trial_scratch(ray.tune.get_context().get_trial_id() or "local") as work:
         resume, step = _restore_checkpoint(work)
         if step >= train.max_steps:
             # Finished before an interruption that Tune's state did not record; Trainer would
@@ -141,8 +141,6 @@ def _train(config, settings, data, weights, callbacks) -> None:
             ],
         )
         trainer.train(resume_from_checkpoint=resume)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _lora_model(config: dict, settings: TrialSettings, weights: BaseWeights | None = None):

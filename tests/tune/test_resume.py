@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import pytest
 from search_spaces import load_space
 from tests.conftest import read_progress
 from tests.tune.conftest import MEDTUNE
+from trainables.scratch import PREFIX
 
 pytestmark = pytest.mark.slow
 STEPS, EVERY, SAMPLES = 30, 5, 3
@@ -136,6 +138,13 @@ def _reported(out: Path) -> dict[str, int]:
     return last
 
 
+def _scratch(out: Path) -> set[Path]:
+    """The scratch folders of the sweep's trials in the temporary directory (trainables/
+    scratch.py): a trial killed mid-run leaves its own, with its last checkpoint."""
+    tmp = Path(tempfile.gettempdir())
+    return {p for t in out.glob("trial_*") for p in tmp.glob(f"{PREFIX}{t.name[6:]}-*")}
+
+
 def _finished(out: Path) -> set[str]:
     """Trials finished in Tune's newest experiment state (what --resume reads)."""
     state = max(out.glob("experiment_state-*.json"), key=lambda p: p.name)
@@ -203,6 +212,7 @@ def test_killed_driver_several_times_then_resume(tmp_path, model_cache, drivers)
                 "reported": reported,
                 "orphaned": {t: s for t, s in _reported(out).items() if s > reported.get(t, 0)},
                 "finished": _finished(out),  # also: the state Tune left is readable
+                "scratch": _scratch(out),
             }
         )
         print(f"\nkill {cycle + 1} at {time.monotonic() - t0:5.1f} s", end="", flush=True)
@@ -317,6 +327,10 @@ def test_killed_driver_several_times_then_resume(tmp_path, model_cache, drivers)
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == SAMPLES + 1, states
     assert len(states) == SAMPLES + 1, states
+
+    # The killed trials' scratch folders were removed by the trials that ran after them.
+    assert any(c["scratch"] for c in cycles), "no killed trial left a scratch folder"
+    assert _scratch(out) == set()
 
 
 def _checkpoints_in_saved_state(config):
