@@ -4,7 +4,9 @@
 
 Measures in one run of this script, on the same model, batch, sequence length and threads:
   1. the matmul peak of this machine through torch (GFLOP/s), fp32 and bf16;
-  2. a bare PyTorch LoRA loop (PEFT LoRA r=8 on q/v, AdamW, frozen base): tokens/s;
+  2. a bare PyTorch LoRA loop (PEFT LoRA r=8 on q/v, AdamW, frozen base): tokens/s, on
+     glibc's malloc (as a script runs) and on the jemalloc Ray ships with medtune's settings
+     (`tune.sweep.JEMALLOC_CONF`, what the trial runs on: the like-for-like baseline);
   3. one medtune trial (the real `train_lora` inside a one-trial Ray Tune run): tokens/s;
      2 and 3 alternate, --repeats times each, each run in a fresh process of its own, with
      the trial's LoRA settings (r=8, dropout), in fp32 and in the precision
@@ -112,7 +114,7 @@ def medtune_trial(
     from trainables.config import ModelConfig, TrainConfig
     from trainables.models import base_weights
     from trainables.trainable import TrialSettings, train_lora
-    from tune.sweep import use_normal_priority_workers
+    from tune.sweep import use_jemalloc_workers, use_normal_priority_workers
 
     steps = len(examples) // batch
     eval_every = max(1, steps // 3)
@@ -131,6 +133,7 @@ def medtune_trial(
         cpus=threads,
     )
     use_normal_priority_workers()  # as `medtune sweep` starts its local Ray
+    use_jemalloc_workers()
     # "local": never join a `ray start` cluster that happens to run on this machine.
     ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
     try:
@@ -161,15 +164,21 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
     that precision (a bf16 trial against the fp32 ceiling is reported too, as the issue
     defines the ceiling, but it is not the like-for-like figure)."""
     from trainables.precision import resolve_precision
+    from tune.sweep import JEMALLOC_CONF
 
     precisions = list(dict.fromkeys(["fp32", resolve_precision("auto", cuda=False)]))
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     peaks = {p: [matmul_gflops(args.threads, dtype=dtypes[p])] for p in precisions}
     bare: dict[str, list[float]] = {p: [] for p in precisions}
+    bare_je: dict[str, list[float]] = {p: [] for p in precisions}
     trial: dict[str, list[float]] = {p: [] for p in precisions}
+    jemalloc = _ray_jemalloc()
     for _ in range(args.repeats):  # alternating, so drifts in the machine hit every side
         for p in precisions:
             bare[p].append(_side_in_subprocess("bare", path, vocab, args, p))
+            if jemalloc:
+                env = {"LD_PRELOAD": jemalloc, "MALLOC_CONF": JEMALLOC_CONF}
+                bare_je[p].append(_side_in_subprocess("bare", path, vocab, args, p, env))
             trial[p].append(_side_in_subprocess("trial", path, vocab, args, p))
     for p in precisions:
         peaks[p].append(matmul_gflops(args.threads, dtype=dtypes[p]))
@@ -188,6 +197,11 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
             "trial_vs_ceiling": _spread([t / ceilings[p] for t in trial[p]]),
             "trial_vs_fp32_ceiling": _spread([t / ceilings["fp32"] for t in trial[p]]),
         }
+        if jemalloc:
+            # Like for like: the bare loop on the allocator and settings the trial runs on.
+            out[p]["bare_lora_jemalloc_runs"] = _spread(bare_je[p])
+            out[p]["trial_vs_bare_jemalloc"] = _ratios(trial[p], bare_je[p])
+            out[p]["bare_jemalloc_vs_bare"] = _ratios(bare_je[p], bare[p])
     if len(precisions) > 1:
         out["auto_vs_fp32_trial"] = _ratios(trial[precisions[1]], trial["fp32"])
     return out
@@ -196,8 +210,19 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
 _SIDE_RESULT = "medtune-bench-side tokens/s: "
 
 
-def _side_in_subprocess(side: str, path: str, vocab: int, args, precision: str) -> float:
-    """Tokens/s of one run of the bare loop or the trial, in a fresh Python process.
+def _ray_jemalloc() -> str | None:
+    """The jemalloc library Ray ships (and medtune's trials run on), if this Ray has one."""
+    import ray
+
+    lib = Path(ray.__file__).parent / "core" / "libjemalloc.so"
+    return str(lib) if lib.exists() else None
+
+
+def _side_in_subprocess(
+    side: str, path: str, vocab: int, args, precision: str, env: dict | None = None
+) -> float:
+    """Tokens/s of one run of the bare loop or the trial, in a fresh Python process (with
+    `env` added to its environment).
 
     Run from the process that had just run the bare loop, the bf16 trial trained at 435-451
     tokens/s against 591-592 from a fresh one (BENCHMARKS.md, ninth session), so neither side
@@ -213,7 +238,9 @@ def _side_in_subprocess(side: str, path: str, vocab: int, args, precision: str) 
         "precision": precision,
     }
     cmd = [sys.executable, str(Path(__file__).resolve()), "_side", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})}
+    )
     lines = [x for x in proc.stdout.splitlines() if x.startswith(_SIDE_RESULT)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(
@@ -689,6 +716,10 @@ def main() -> None:
     if {"startup", "memory"} - skip:
         import ray
 
+        from tune.sweep import use_jemalloc_workers, use_normal_priority_workers
+
+        use_normal_priority_workers()  # the trials' processes as `medtune sweep` starts them
+        use_jemalloc_workers()
         ray.init(
             address="local",
             num_cpus=max(2, args.threads),

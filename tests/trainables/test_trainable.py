@@ -187,14 +187,25 @@ print(freed, rss_mib())
 """
 
 
+@pytest.mark.parametrize("allocator", ["glibc", "jemalloc"])
 @pytest.mark.parametrize("trim", ["1", "0"])
-def test_release_memory_gives_freed_heap_back_to_the_os(trim):
+def test_release_memory_gives_freed_heap_back_to_the_os(trim, allocator):
     """What a reused trial process runs after each trial: the pages of what the trial freed
-    leave the process (glibc keeps them otherwise; MEDTUNE_MALLOC_TRIM=0 shows that)."""
+    leave the process (glibc, and jemalloc as medtune's trials run it, keep them otherwise;
+    MEDTUNE_MALLOC_TRIM=0 shows that)."""
     import subprocess
     import sys
 
+    import ray
+
+    from tune.sweep import JEMALLOC_CONF
+
     env = {**os.environ, "MEDTUNE_MALLOC_TRIM": trim}
+    if allocator == "jemalloc":
+        lib = os.path.join(os.path.dirname(ray.__file__), "core", "libjemalloc.so")
+        if not os.path.exists(lib):
+            pytest.skip("this Ray ships no jemalloc (its Linux wheels do)")
+        env |= {"LD_PRELOAD": lib, "MALLOC_CONF": JEMALLOC_CONF}
     proc = subprocess.run(
         [sys.executable, "-c", _HEAP], capture_output=True, text=True, env=env, timeout=120
     )

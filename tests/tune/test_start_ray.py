@@ -1,17 +1,30 @@
-"""The Ray a sweep starts on this machine runs its trials at normal priority."""
+"""The Ray a sweep starts on this machine runs its trials at normal priority, on the jemalloc
+Ray ships with medtune's settings."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import ray
+
+from tune.sweep import JEMALLOC_CONF
 
 pytestmark = pytest.mark.slow
 
 _PROBE = """
-import os, ray
+import json, os, ray
 {start}
-print(ray.get(ray.remote(lambda: os.nice(0)).remote()))
+
+@ray.remote
+def worker():
+    maps = open("/proc/self/maps").read()
+    return {{"nice": os.nice(0), "jemalloc": "libjemalloc" in maps,
+             "conf": os.environ.get("MALLOC_CONF")}}
+
+print(json.dumps(ray.get(worker.remote())))
 """
 # Ray's own default, for contrast: the same local start without medtune's start_ray.
 _BARE = 'ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)'
@@ -20,10 +33,11 @@ _SWEEP = (
     "from tune.sweep import start_ray\n"
     'start_ray(load_config(None, ["ray.dashboard=false"]))'
 )
+_OURS = ("RAY_worker_niceness", "RAY_LD_PRELOAD_ON_WORKERS", "MALLOC_CONF", "LD_PRELOAD")
 
 
-def _worker_niceness(start: str) -> int:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_worker_niceness"}
+def _worker(start: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in _OURS}
     out = subprocess.run(
         [sys.executable, "-c", _PROBE.format(start=start)],
         capture_output=True,
@@ -32,9 +46,14 @@ def _worker_niceness(start: str) -> int:
         check=True,
         timeout=120,
     )
-    return int(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_trials_run_at_niceness_zero_not_rays_fifteen():
-    assert _worker_niceness(_BARE) == 15
-    assert _worker_niceness(_SWEEP) == 0
+def test_trials_run_at_niceness_zero_on_jemalloc_not_rays_defaults():
+    bare, sweep = _worker(_BARE), _worker(_SWEEP)
+    assert bare["nice"] == 15
+    assert sweep["nice"] == 0
+    assert not bare["jemalloc"] and bare["conf"] is None
+    if (Path(ray.__file__).parent / "core" / "libjemalloc.so").exists():  # Linux wheels
+        assert sweep["jemalloc"]
+    assert sweep["conf"] == JEMALLOC_CONF
