@@ -164,7 +164,7 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
     that precision (a bf16 trial against the fp32 ceiling is reported too, as the issue
     defines the ceiling, but it is not the like-for-like figure)."""
     from trainables.precision import resolve_precision
-    from tune.sweep import JEMALLOC_CONF
+    from tune.sweep import JEMALLOC_CONF, ray_jemalloc
 
     precisions = list(dict.fromkeys(["fp32", resolve_precision("auto", cuda=False)]))
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -172,7 +172,7 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
     bare: dict[str, list[float]] = {p: [] for p in precisions}
     bare_je: dict[str, list[float]] = {p: [] for p in precisions}
     trial: dict[str, list[float]] = {p: [] for p in precisions}
-    jemalloc = _ray_jemalloc()
+    jemalloc = ray_jemalloc()
     for _ in range(args.repeats):  # alternating, so drifts in the machine hit every side
         for p in precisions:
             bare[p].append(_side_in_subprocess("bare", path, vocab, args, p))
@@ -208,14 +208,6 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
 
 
 _SIDE_RESULT = "medtune-bench-side tokens/s: "
-
-
-def _ray_jemalloc() -> str | None:
-    """The jemalloc library Ray ships (and medtune's trials run on), if this Ray has one."""
-    import ray
-
-    lib = Path(ray.__file__).parent / "core" / "libjemalloc.so"
-    return str(lib) if lib.exists() else None
 
 
 def _side_in_subprocess(

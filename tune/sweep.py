@@ -477,6 +477,12 @@ def use_normal_priority_workers() -> None:
 JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 
+def ray_jemalloc() -> str | None:
+    """The jemalloc library Ray ships (its Linux wheels do) and trials run on, if any."""
+    lib = Path(ray.__file__).parent / "core" / "libjemalloc.so"
+    return str(lib) if lib.exists() else None
+
+
 def use_jemalloc_workers() -> None:
     """Have the Ray started next run its workers (the trials) on the jemalloc that Ray ships
     and already runs its raylet and GCS on, with `JEMALLOC_CONF`: 1.2x the tokens per second

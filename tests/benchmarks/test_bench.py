@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tune.sweep import ray_jemalloc
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
 
 
@@ -51,7 +53,6 @@ def test_bench_smoke(tmp_path, model_cache):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = tmp_path.glob("*.json")
     data = json.loads(result.read_text())
-    bench = _bench_module()
     trial = data["trial"]
     assert "fp32" in trial  # and bf16 where train.precision=auto picks it (AMX CPUs)
     for precision in set(trial) - {"auto_vs_fp32_trial"}:
@@ -60,7 +61,7 @@ def test_bench_smoke(tmp_path, model_cache):
             assert part[key] > 0
         assert all(g > 0 for g in part["matmul_gflops"])
         assert part["trial_vs_bare"]["median"] > 0
-        if bench._ray_jemalloc():  # Ray's Linux wheels ship it
+        if ray_jemalloc():
             assert part["trial_vs_bare_jemalloc"]["median"] > 0
             assert len(part["bare_lora_jemalloc_runs"]["values"]) == 1
     assert data["machine"]["cores"] >= 1 and data["machine"]["transformers"]

@@ -196,16 +196,13 @@ def test_release_memory_gives_freed_heap_back_to_the_os(trim, allocator):
     import subprocess
     import sys
 
-    import ray
-
-    from tune.sweep import JEMALLOC_CONF
+    from tune.sweep import JEMALLOC_CONF, ray_jemalloc
 
     env = {**os.environ, "MEDTUNE_MALLOC_TRIM": trim}
     if allocator == "jemalloc":
-        lib = os.path.join(os.path.dirname(ray.__file__), "core", "libjemalloc.so")
-        if not os.path.exists(lib):
+        if not ray_jemalloc():
             pytest.skip("this Ray ships no jemalloc (its Linux wheels do)")
-        env |= {"LD_PRELOAD": lib, "MALLOC_CONF": JEMALLOC_CONF}
+        env |= {"LD_PRELOAD": ray_jemalloc(), "MALLOC_CONF": JEMALLOC_CONF}
     proc = subprocess.run(
         [sys.executable, "-c", _HEAP], capture_output=True, text=True, env=env, timeout=120
     )

@@ -5,12 +5,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import ray
 
-from tune.sweep import JEMALLOC_CONF
+from tune.sweep import JEMALLOC_CONF, ray_jemalloc
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +52,6 @@ def test_trials_run_at_niceness_zero_on_jemalloc_not_rays_defaults():
     assert bare["nice"] == 15
     assert sweep["nice"] == 0
     assert not bare["jemalloc"] and bare["conf"] is None
-    if (Path(ray.__file__).parent / "core" / "libjemalloc.so").exists():  # Linux wheels
+    if ray_jemalloc():
         assert sweep["jemalloc"]
     assert sweep["conf"] == JEMALLOC_CONF
