@@ -82,6 +82,9 @@ def train_lora(
         release_memory()  # the trial's model and trainer are gone once _train returns
 
 
+_ALL_ARENAS = 4096  # jemalloc's MALLCTL_ARENAS_ALL
+
+
 def release_memory() -> None:
     """Hand the memory a finished trial freed back to the OS.
 
@@ -102,9 +105,6 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass  # not glibc (macOS, musl): nothing to trim
-
-
-_ALL_ARENAS = 4096  # jemalloc's MALLCTL_ARENAS_ALL
 
 
 def _train(config, settings, data, weights, callbacks) -> None:
