@@ -10,8 +10,8 @@ Measures in one run of this script, on the same model, batch, sequence length an
   3. one medtune trial (the real `train_lora` inside a one-trial Ray Tune run): tokens/s;
      2 and 3 alternate, --repeats times each, each run in a fresh process of its own, with
      the trial's LoRA settings (r=8, dropout), in fp32 and in the precision
-     `train.precision=auto` picks here (bf16 on AMX CPUs; the bare loop then runs under the
-     same autocast).
+     `train.precision=auto` picks here (bf16 on AMX and AVX512_BF16 CPUs; the bare loop then
+     runs under the same autocast).
 The matmul-bound ceiling is peak / (4 x parameters) tokens/s: forward (2 FLOP per weight) and
 the input-gradient backward (2 more); LoRA's weight gradients are negligible.
   4. trial start-up: from the start of a trial's function to the start of its first training
@@ -160,9 +160,9 @@ def medtune_trial(
 
 def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
     """Part 1 in fp32 and in the precision `train.precision=auto` picks here (bf16 on AMX
-    CPUs): trial against bare loop at the same precision, and against the matmul ceiling of
-    that precision (a bf16 trial against the fp32 ceiling is reported too, as the issue
-    defines the ceiling, but it is not the like-for-like figure)."""
+    and AVX512_BF16 CPUs): trial against bare loop at the same precision, and against the
+    matmul ceiling of that precision (a bf16 trial against the fp32 ceiling is reported too,
+    as the issue defines the ceiling, but it is not the like-for-like figure)."""
     from trainables.precision import resolve_precision
     from tune.sweep import JEMALLOC_CONF, ray_jemalloc
 

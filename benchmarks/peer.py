@@ -15,7 +15,7 @@ start included in its wall time), alternating within one process run of this scr
         `trainer.hyperparameter_search(backend="ray", hp_space=..., scheduler=ASHAScheduler(...))`
         as in the transformers docs (Ray's default random search);
   peer_fp32  the same peer with TrainingArguments' default number format (fp32), where the
-        peer side gets bf16 (AMX CPUs): what a user who does not pass bf16=True runs;
+        peer side gets bf16 (AMX, AVX512_BF16 CPUs): what a user who does not pass bf16=True runs;
   peer_default  the peer as the transformers docs' shortest call writes it: no scheduler
         (Tune's FIFO: every trial runs its full budget) and the default number format (fp32);
   asha  `medtune sweep ... scheduler.name=asha --no-export` (the real CLI);
@@ -33,7 +33,7 @@ Every side gets the same data (medtune's demo set, split and tokenized by medtun
 `prepare_sweep`, so the same validation and test examples), model, search space (read from
 medtune's `lora_default`), trial count, step budget, batch, sequence length, LoRA alpha/dropout,
 learning-rate schedule, CPUs per trial, evaluation interval and number format (the peer gets
-`bf16=True` where medtune's `train.precision=auto` picks bf16, i.e. on AMX CPUs).
+`bf16=True` where medtune's `train.precision=auto` picks bf16, i.e. on AMX and AVX512_BF16 CPUs).
 
 Measured per run: wall time of the subprocess; peak memory of its whole process tree (Ray's
 GCS, raylet, dashboard and workers included) sampled every 0.5 s as summed RSS and PSS; disk
@@ -419,8 +419,9 @@ def peer_main(spec: dict) -> None:
         report_to="none",
         disable_tqdm=True,
         use_cpu=True,
-        # The number format medtune's trials pick here (bf16 on AMX CPUs): the peer's user can
-        # pass bf16=True too, so the comparison measures what medtune does beyond it.
+        # The number format medtune's trials pick here (bf16 on AMX, AVX512_BF16 CPUs): the
+        # peer's user can pass bf16=True too, so the comparison measures what medtune does
+        # beyond it.
         bf16=not spec.get("fp32") and resolve_precision(train_cfg.precision, cuda=False) == "bf16",
     )
     trainer = Trainer(

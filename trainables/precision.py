@@ -1,11 +1,12 @@
 """The number format a trial trains and evaluates in, chosen where the trial runs.
 
 `train.precision=auto` picks what the trial's own hardware multiplies fastest: bf16 on a GPU
-that supports it (fp16 on older ones), bf16 on a CPU with AMX tiles (Intel Xeon Sapphire
-Rapids and later: 1.79-1.97x the fp32 trial's rate for SmolLM2 in BENCHMARKS.md, "One
-trial's training throughput, fp32 and bf16"), fp32 on other CPUs, where bf16 is emulated or
-barely faster. Mixed precision in every case: the weights stay fp32 and matmuls run in
-bf16/fp16 under autocast, as the Trainer does for `bf16=True`; losses are computed in fp32.
+that supports it (fp16 on older ones); bf16 on a CPU with bf16 dot-product instructions,
+which oneDNN's bf16 matmuls use: AMX tiles (Intel Xeon Sapphire Rapids and later; a SmolLM2
+trial at 1.79-2.13x its fp32 rate) or AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake;
+1.57-1.61x; BENCHMARKS.md); fp32 on other CPUs, where bf16 is emulated and slower. Mixed
+precision in every case: the weights stay fp32 and matmuls run in bf16/fp16 under autocast,
+as the Trainer does for `bf16=True`; losses are computed in fp32.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import contextlib
 
 import torch
 
-__all__ = ["autocast", "cpu_has_amx", "resolve_precision"]
+__all__ = ["autocast", "cpu_multiplies_bf16", "resolve_precision"]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# torch's own CPU probes (private; one that is absent counts as no): AMX tiles, AVX512_BF16.
+_BF16_PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles, which multiply bf16 natively (oneDNN uses them)."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private; absent: no AMX known
-    return bool(probe and probe())
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AMX or AVX512_BF16)."""
+    return any(getattr(torch.cpu, name, lambda: False)() for name in _BF16_PROBES)
 
 
 def resolve_precision(requested: str, cuda: bool | None = None) -> str:
@@ -32,7 +34,7 @@ def resolve_precision(requested: str, cuda: bool | None = None) -> str:
         return requested
     if torch.cuda.is_available() if cuda is None else cuda:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_amx() else "fp32"
+    return "bf16" if cpu_multiplies_bf16() else "fp32"
 
 
 def autocast(precision: str, device: str):

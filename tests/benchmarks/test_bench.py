@@ -54,7 +54,7 @@ def test_bench_smoke(tmp_path, model_cache):
     (result,) = tmp_path.glob("*.json")
     data = json.loads(result.read_text())
     trial = data["trial"]
-    assert "fp32" in trial  # and bf16 where train.precision=auto picks it (AMX CPUs)
+    assert "fp32" in trial  # and bf16 where train.precision=auto picks it (AMX, AVX512_BF16 CPUs)
     for precision in set(trial) - {"auto_vs_fp32_trial"}:
         part = trial[precision]
         for key in ("ceiling_tokens_per_s", "bare_lora_tokens_per_s", "medtune_trial_tokens_per_s"):

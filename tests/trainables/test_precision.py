@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from trainables.precision import autocast, cpu_has_amx, resolve_precision
+from trainables.precision import autocast, cpu_multiplies_bf16, resolve_precision
 
 
 def test_explicit_precisions_are_kept():
@@ -15,13 +15,15 @@ def test_auto_follows_this_machine():
     if torch.cuda.is_available():
         expected = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     else:
-        # /proc/cpuinfo is the kernel's word on AMX, independent of torch's probe.
+        # /proc/cpuinfo is the kernel's word on AMX and AVX512_BF16, independent of torch's
+        # probes.
         try:
-            flags = open("/proc/cpuinfo").read()
+            flags = set(open("/proc/cpuinfo").read().split())
         except OSError:
-            pytest.skip("no /proc/cpuinfo to check AMX against")
-        assert cpu_has_amx() == ("amx_tile" in flags)
-        expected = "bf16" if "amx_tile" in flags else "fp32"
+            pytest.skip("no /proc/cpuinfo to check the CPU's bf16 instructions against")
+        native = bool(flags & {"amx_tile", "avx512_bf16"})
+        assert cpu_multiplies_bf16() == native
+        expected = "bf16" if native else "fp32"
     assert resolve_precision("auto") == expected
 
 

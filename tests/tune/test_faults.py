@@ -110,8 +110,8 @@ def test_a_sweep_whose_every_trial_fails_exits_1_with_each_reason(tmp_path, mode
         "learning_rate: {type: choice, values: [1.0e+6]}\nlora_r: {type: int, low: 4, high: 8}\n"
     )
     args = ["sweep", *TINY, "search.num_samples=2", f"search.space={space}", "run.name=diverged"]
-    # fp32: under bf16 autocast (auto on AMX CPUs) the same trials ended with a finite loss
-    # (6.24, observed in CI), so nothing failed.
+    # fp32: under bf16 autocast (auto on AMX and AVX512_BF16 CPUs) the same trials ended with
+    # a finite loss (6.24, observed in CI), so nothing failed.
     args.append("train.precision=fp32")
     proc = _medtune(tmp_path, args, {})
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
