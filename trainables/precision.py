@@ -4,7 +4,7 @@
 that supports it (fp16 on older ones); bf16 on a CPU with bf16 dot-product instructions,
 which oneDNN's bf16 matmuls use: AMX tiles (Intel Xeon Sapphire Rapids and later; a SmolLM2
 trial at 1.79-2.13x its fp32 rate) or AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake;
-1.57-1.61x; BENCHMARKS.md); fp32 on other CPUs, where bf16 is emulated and slower. Mixed
+1.43-1.72x; BENCHMARKS.md); fp32 on other CPUs, where bf16 is emulated and slower. Mixed
 precision in every case: the weights stay fp32 and matmuls run in bf16/fp16 under autocast,
 as the Trainer does for `bf16=True`; losses are computed in fp32.
 """
