@@ -1,6 +1,7 @@
 """`make bench`: how fast one medtune trial trains, against the machine's limits.
 
     python benchmarks/bench.py [--model smollm2-135m] [--batch 8] [--seq 256] [--steps 9]
+        [--precisions fp32,auto] [--skip PARTS]
 
 Measures in one run of this script, on the same model, batch, sequence length and threads:
   1. the matmul peak of this machine through torch (GFLOP/s), fp32 and bf16;
@@ -166,9 +167,11 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
     from trainables.precision import resolve_precision
     from tune.sweep import JEMALLOC_CONF, ray_jemalloc
 
-    precisions = list(dict.fromkeys(["fp32", resolve_precision("auto", cuda=False)]))
+    asked = args.precisions.split(",")
+    precisions = list(dict.fromkeys(resolve_precision(p, cuda=False) for p in asked))
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    peaks = {p: [matmul_gflops(args.threads, dtype=dtypes[p])] for p in precisions}
+    measured = list(dict.fromkeys(["fp32", *precisions]))  # the fp32 ceiling is the issue's
+    peaks = {p: [matmul_gflops(args.threads, dtype=dtypes[p])] for p in measured}
     bare: dict[str, list[float]] = {p: [] for p in precisions}
     bare_je: dict[str, list[float]] = {p: [] for p in precisions}
     trial: dict[str, list[float]] = {p: [] for p in precisions}
@@ -180,9 +183,9 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
                 env = {"LD_PRELOAD": jemalloc, "MALLOC_CONF": JEMALLOC_CONF}
                 bare_je[p].append(_side_in_subprocess("bare", path, vocab, args, p, env))
             trial[p].append(_side_in_subprocess("trial", path, vocab, args, p))
-    for p in precisions:
+    for p in measured:
         peaks[p].append(matmul_gflops(args.threads, dtype=dtypes[p]))
-    ceilings = {p: statistics.median(peaks[p]) * 1e9 / (4 * params) for p in precisions}
+    ceilings = {p: statistics.median(peaks[p]) * 1e9 / (4 * params) for p in measured}
     out: dict = {}
     for p in precisions:
         out[p] = {
@@ -202,8 +205,9 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
             out[p]["bare_lora_jemalloc_runs"] = _spread(bare_je[p])
             out[p]["trial_vs_bare_jemalloc"] = _ratios(trial[p], bare_je[p])
             out[p]["bare_jemalloc_vs_bare"] = _ratios(bare_je[p], bare[p])
-    if len(precisions) > 1:
-        out["auto_vs_fp32_trial"] = _ratios(trial[precisions[1]], trial["fp32"])
+    auto = [p for p in precisions if p != "fp32"]
+    if "fp32" in precisions and auto:
+        out["auto_vs_fp32_trial"] = _ratios(trial[auto[0]], trial["fp32"])
     return out
 
 
@@ -672,12 +676,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="of every part")
     parser.add_argument("--mem-steps", type=int, default=2, help="training steps per memory run")
     parser.add_argument("--mem-batch", type=int, default=4, help="batch of start-up/memory/levers")
+    parser.add_argument(
+        "--precisions",
+        default="fp32,auto",
+        help="part 1's number formats, comma-separated: fp32, auto (what the trial picks here)",
+    )
     parser.add_argument("--skip", default="", help=f"comma-separated parts of {PARTS} to skip")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON")
     args = parser.parse_args()
     skip = {p for p in args.skip.split(",") if p}
     if skip - set(PARTS):
         parser.error(f"--skip: unknown parts {sorted(skip - set(PARTS))}; choose from {PARTS}")
+    if not args.precisions or set(args.precisions.split(",")) - {"fp32", "auto"}:
+        parser.error(f"--precisions: got {args.precisions!r}; choose from fp32, auto")
 
     from trainables.config import ModelConfig
     from trainables.models import load_model, prepare_model

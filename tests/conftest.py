@@ -15,6 +15,30 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# The longest test files, longest first (`--durations`, 2026-11-30: 60-230 s each). pytest-xdist
+# hands out whole files (`--dist loadfile`) in collection order, and collected alphabetically
+# these came last, so one worker ran the longest file alone while the other sat idle.
+LONGEST_FIRST = [
+    "tests/tune/test_resume.py",
+    "tests/benchmarks/test_bench.py",
+    "tests/tune/test_storage.py",
+    "tests/benchmarks/test_peer.py",
+    "tests/tune/test_serve.py",
+    "tests/tune/test_cluster.py",
+    "tests/tune/test_faults.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first, the rest in their usual order (a stable sort)."""
+
+    def rank(item) -> int:
+        path = Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)
+
+
 def shared_data(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA.joinpath(*parts)
