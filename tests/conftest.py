@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config, items):
     """Longest files first, the rest in their usual order (a stable sort)."""
 
     def rank(item) -> int:
-        path = Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
+        path = item.nodeid.split("::")[0]  # relative to the rootdir, the repository
         return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)
