@@ -44,8 +44,8 @@ sweep: install
 
 test: install browser
 	$(BIN)/ruff check .
-	# 3 workers on 2 cores: much of the suite waits on process and Ray start-ups (a clean
-	# clone's pytest 502.77 s against 516.39 s with 2 workers, 2026-11-30).
+	# 3 workers on 2 cores: a clean clone's pytest took 502.77 s against 516.39 s with 2
+	# (2026-11-30, one run each: a small gain, near run-to-run noise).
 	$(BIN)/pytest -q -n 3 --dist loadfile --durations=15
 
 # The CUDA tests alone (GPU fractions, bf16/fp16, 4-bit QLoRA through export); `make test`
