@@ -20,14 +20,23 @@ MAX_T = 4  # rungs at 1 and 2 evaluations; 4 is the full budget
 
 
 def _curve(config):
-    """Reports `config["loss"]` every iteration with a checkpoint; says where it resumed from."""
+    """Reports `config["loss"]` every iteration with a checkpoint; says where it resumed from.
+
+    Orderings that sleeps alone cannot guarantee on a loaded machine: `marks` maps an iteration
+    (as a string) to a file created just before the trial reports it; `wait_for` (a path) holds
+    the trial's first report until that file exists. `delay` seconds pass before each report."""
     start = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             start = int((Path(d) / "iteration").read_text())
     for iteration in range(start + 1, MAX_T + 1):
+        if iteration == 1 and config.get("wait_for"):
+            while not Path(config["wait_for"]).exists():
+                time.sleep(0.1)
         time.sleep(config["delay"])
+        if mark := config.get("marks", {}).get(str(iteration)):
+            Path(mark).touch()
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "iteration").write_text(str(iteration))
             tune.report(
@@ -36,10 +45,27 @@ def _curve(config):
             )
 
 
-def _sweep(tmp_path, *losses: float, max_concurrent=None) -> list:
-    """One trial per loss, the k-th sleeping 2k² s per iteration (0, 2, 8): they reach each
-    rung in order, with seconds to spare for a trial process to start."""
-    trials = [{"loss": loss, "delay": 2.0 * k * k} for k, loss in enumerate(losses)]
+def _in_order(tmp_path, *losses: float) -> list[dict]:
+    """One trial per loss, each holding its first report until the one before has reported
+    rung 1, then sleeping 2k² s (0, 2, 8) before every report: they reach each rung in order,
+    with seconds to spare for a trial process to start or restart."""
+    marks = [str(tmp_path / f"trial-{k}-at-rung-1") for k in range(len(losses))]
+    return [
+        {
+            "loss": loss,
+            "delay": 2.0 * k * k,
+            "marks": {"1": marks[k]},
+            "wait_for": marks[k - 1] if k else None,
+        }
+        for k, loss in enumerate(losses)
+    ]
+
+
+def _sweep(tmp_path, *losses: float, max_concurrent=None, trials=None) -> list:
+    """Runs the trials (by default `_in_order(losses)`) under ComparingASHA; returns each
+    one's results, ordered by `delay` (the fastest first)."""
+    if trials is None:
+        trials = _in_order(tmp_path, *losses)
     scheduler = ComparingASHA(
         num_samples=len(trials),
         max_concurrent=max_concurrent,
@@ -57,7 +83,9 @@ def _sweep(tmp_path, *losses: float, max_concurrent=None) -> list:
             scheduler=scheduler,
             max_concurrent_trials=max_concurrent,
             reuse_actors=False,  # a paused trial leaves no actor behind (see the first test)
-            time_budget_s=120,  # a trial left waiting forever would end the sweep here
+            # A trial left waiting for ever would end the sweep here; far above a healthy sweep
+            # (15-50 s), so a loaded machine, where restarting a trial once took 40 s, fits.
+            time_budget_s=300,
         ),
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
     )
@@ -101,7 +129,13 @@ def test_a_trial_waiting_for_one_that_is_stopped_below_its_rung_goes_on(tmp_path
     # reach rung 2 any more, so the first goes on. (Seen in a benchmark before the fix: Tune
     # reports a trial's end to the scheduler while its status is still RUNNING, and the
     # waiting trial waited on it for ever.)
-    first, second, third = _sweep(tmp_path, 1.0, 2.0, 3.0)
+    # The third holds its first report until the first has reached rung 2, then 3 s more:
+    # with sleeps alone (8 s), a loaded CI machine once restarted the paused first trial so
+    # slowly that the third reached rung 1 before the first reached rung 2.
+    first, second, third = _in_order(tmp_path, 1.0, 2.0, 3.0)
+    first["marks"]["2"] = str(tmp_path / "first-at-rung-2")
+    third.update(delay=3.0, wait_for=first["marks"]["2"])
+    first, second, third = _sweep(tmp_path, trials=[first, second, third])
     assert list(second["training_iteration"]) == [1]
     assert list(third["training_iteration"]) == [1]
     assert list(first["training_iteration"]) == [1, 2, 3, 4]
