@@ -15,18 +15,23 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# The longest test files, longest first (by `--durations`, 2026-11-30). pytest-xdist hands out
-# whole files (`--dist loadfile`) in collection order; collected alphabetically most of these
-# came last, where the longest could run alone at the end. With this order (and the bench
-# smoke in fp32 only) pytest took 505.25 s here against 552.88 s.
+# The longest test files, longest first (the sums of their `--durations` in one run on
+# 2026-11-30, in seconds). pytest-xdist hands out whole files (`--dist loadfile`) in
+# collection order; collected alphabetically most of these came last, where the longest could
+# run alone at the end. With the longest first (and the bench smoke in fp32 only) pytest took
+# 505.25 s here against 552.88 s.
 LONGEST_FIRST = [
-    "tests/tune/test_resume.py",
-    "tests/benchmarks/test_bench.py",
-    "tests/tune/test_storage.py",
-    "tests/benchmarks/test_peer.py",
-    "tests/tune/test_serve.py",
-    "tests/tune/test_cluster.py",
-    "tests/tune/test_faults.py",
+    "tests/tune/test_storage.py",  # 127
+    "tests/tune/test_resume.py",  # 126: the kill test (its neighbours moved out: 274 before)
+    "tests/tune/test_scheduler.py",  # 122
+    "tests/tune/test_resume_order.py",  # 120
+    "tests/benchmarks/test_peer.py",  # 112
+    "tests/trainables/test_trainable.py",  # 108 (143 before release_memory's tests moved out)
+    "tests/tune/test_serve.py",  # 103
+    "tests/tune/test_faults.py",  # 101
+    "tests/tune/test_dashboard.py",  # 65
+    "tests/benchmarks/test_bench.py",  # 63
+    "tests/tune/test_cluster.py",  # 51-96
 ]
 
 

@@ -14,8 +14,6 @@ so ASHA can stop it and a retry resumes where it stopped.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import logging
 import math
@@ -36,6 +34,7 @@ from trainables.config import ModelConfig, TrainConfig
 from trainables.evaluation import answer_loss, decision_accuracy, perplexity
 from trainables.faults import fault_from_env
 from trainables.loss import answer_token_loss
+from trainables.memory import release_memory
 from trainables.models import BaseWeights, load_model, lora_target_modules, model_from_weights
 from trainables.precision import autocast, resolve_precision
 from trainables.prompts import IGNORE_INDEX, collate
@@ -80,31 +79,6 @@ def train_lora(
         _train(config, settings, data, weights, callbacks)
     finally:
         release_memory()  # the trial's model and trainer are gone once _train returns
-
-
-_ALL_ARENAS = 4096  # jemalloc's MALLCTL_ARENAS_ALL
-
-
-def release_memory() -> None:
-    """Hand the memory a finished trial freed back to the OS.
-
-    With `run.reuse_actors` (the default) Ray runs the next trial in the same process, and
-    the allocator keeps freed pages: glibc's heap, or, in the trials of a Ray medtune starts,
-    jemalloc, which is told to keep every freed page for reuse (`tune.sweep.JEMALLOC_CONF`).
-    A reused SmolLM2 trial process grew by about 300 MiB of private memory per trial before
-    this (measured in BENCHMARKS.md, "Reused trial processes").
-    `MEDTUNE_MALLOC_TRIM=0` turns the release off (to measure it)."""
-    gc.collect()
-    if os.environ.get("MEDTUNE_MALLOC_TRIM", "1") == "0":
-        return
-    process = ctypes.CDLL(None)
-    mallctl = getattr(process, "mallctl", None)  # only where jemalloc is loaded
-    if mallctl is not None:
-        mallctl(b"arena.%d.purge" % _ALL_ARENAS, None, None, None, ctypes.c_size_t(0))
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc (macOS, musl): nothing to trim
 
 
 def _train(config, settings, data, weights, callbacks) -> None:

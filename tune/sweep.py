@@ -12,6 +12,7 @@ the experiment there and the results folder is the driver's copy (`tune/storage.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import logging
 import os
@@ -413,7 +414,13 @@ def _snapshot_at_every_checkpoint() -> None:
     synchronously between registering the checkpoint and scheduling the trial's next
     interval makes the bound strict: a kill loses at most the interval in flight. Cost: one
     small state write per evaluation, in the driver. Ray 2.60's private
-    `TuneController._process_trial_save` (Ray is pinned in pyproject.toml)."""
+    `TuneController._process_trial_save` (Ray is pinned in pyproject.toml).
+
+    The same save keeps each trial's rows whole. When Tune restarts a trial (ComparingASHA
+    resuming a paused one, or a retry after a failure), its JSON logger copies the trial's
+    `result.json` back from storage over the driver's: a copy synced only every 10 s lacked
+    the row of the rung a trial was paused at (a test's bare Tuner lost it), and that file is
+    what the summary and the confirmation's top-k read (tests/tune/test_trial_logs.py)."""
     from ray.tune.execution.tune_controller import TuneController
 
     # Tune warns of "snapshotting too often" when `num_to_keep` is 1: here it is intended.
@@ -422,6 +429,7 @@ def _snapshot_at_every_checkpoint() -> None:
     if getattr(process, "medtune", False):
         return
 
+    @functools.wraps(process)  # keeps Tune's own as `__wrapped__` (tests undo the hook)
     def process_and_snapshot(self, trial, checkpoint_value) -> None:
         process(self, trial, checkpoint_value)
         if checkpoint_value.checkpoint:
@@ -448,6 +456,7 @@ def _drop_stale_decisions_on_restore() -> None:
     if getattr(setstate, "medtune", False):
         return
 
+    @functools.wraps(setstate)
     def setstate_without_decisions(self, state) -> None:
         state = dict(state)
         state.pop("_queued_trial_decisions", None)

@@ -81,8 +81,9 @@ def test_failed_trial_resumes_from_its_checkpoint(
     assert (tmp_path / "failed-once").exists()
     assert result.error is None
     # Resumed from the step-10 checkpoint: the steps continue, they do not restart at zero.
-    # The step-10 result itself may be lost with the actor (it died right after reporting);
-    # its checkpoint is not.
+    # The step-10 row may be missing: Ray's JSON logger copies result.json back from storage,
+    # synced before that row, as the trial restarts (tests/tune/test_loggers.py; medtune's
+    # sweeps keep it with tune/loggers.py). Its checkpoint is never lost.
     assert list(result.metrics_dataframe["step"]) in ([5, 10, 15, 20], [5, 15, 20])
     assert result.metrics["step"] == 20
 
@@ -165,53 +166,6 @@ def test_trial_base_weights_are_the_object_store_memory(
     assert m["base"] > 0 and m["in_object_store"] == m["base"]
     assert m["base_trainable"] == 0 and m["lora_trainable"] > 0
     assert m["tied"]
-
-
-_HEAP = """
-import os
-from pathlib import Path
-
-from trainables.trainable import release_memory
-
-
-def rss_mib():
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
-
-
-blocks = [bytearray(b"medtune!") * 8192 for _ in range(4000)]  # 250 MiB of 64 KiB heap blocks
-keep = bytearray(b"medtune!") * 8192  # one live block above them: the heap top cannot shrink
-del blocks
-freed = rss_mib()
-release_memory()
-print(freed, rss_mib())
-"""
-
-
-@pytest.mark.parametrize("allocator", ["glibc", "jemalloc"])
-@pytest.mark.parametrize("trim", ["1", "0"])
-def test_release_memory_gives_freed_heap_back_to_the_os(trim, allocator):
-    """What a reused trial process runs after each trial: the pages of what the trial freed
-    leave the process (glibc, and jemalloc as medtune's trials run it, keep them otherwise;
-    MEDTUNE_MALLOC_TRIM=0 shows that)."""
-    import subprocess
-    import sys
-
-    from tune.sweep import JEMALLOC_CONF, ray_jemalloc
-
-    env = {**os.environ, "MEDTUNE_MALLOC_TRIM": trim}
-    if allocator == "jemalloc":
-        if not ray_jemalloc():
-            pytest.skip("this Ray ships no jemalloc (its Linux wheels do)")
-        env |= {"LD_PRELOAD": ray_jemalloc(), "MALLOC_CONF": JEMALLOC_CONF}
-    proc = subprocess.run(
-        [sys.executable, "-c", _HEAP], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr
-    freed, after = map(int, proc.stdout.split())
-    if trim == "1":
-        assert freed - after > 150, (freed, after)
-    else:
-        assert freed - after < 50, (freed, after)
 
 
 class _LayerCalls(TrainerCallback):

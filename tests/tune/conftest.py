@@ -1,6 +1,8 @@
-"""One real tiny sweep for the tests of sweep, export, generate and serve to share."""
+"""One real tiny sweep for the tests of sweep, export, generate and serve to share; Tune
+with or without medtune's hooks; helpers to kill what a driver started."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +34,26 @@ def sweep(tmp_path_factory, model_cache):
     return root / "results" / "e2e", log.read_text()
 
 
+@pytest.fixture
+def tune_as_is(monkeypatch):
+    """Tune's controller without medtune's hooks (tune/sweep.py), for one test: the hooks
+    patch it for the whole process, once installed by a test or an in-process sweep."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    for name in ("_process_trial_save", "__setstate__"):
+        current = getattr(TuneController, name)
+        monkeypatch.setattr(TuneController, name, getattr(current, "__wrapped__", current))
+
+
+@pytest.fixture
+def tune_as_medtune_runs_it(tune_as_is):
+    """Tune's controller with the hook every medtune sweep installs, for one test: the
+    experiment state, with each trial's logs, saved on storage at every checkpoint."""
+    from tune.sweep import _snapshot_at_every_checkpoint
+
+    _snapshot_at_every_checkpoint()
+
+
 def _run_sweep(root: Path) -> str:
     args = [
         "sweep",
@@ -54,3 +76,25 @@ def _run_sweep(root: Path) -> str:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
+
+
+def session_processes(sid: int) -> list[tuple[int, int]]:
+    """(pid, process group) of each live, not zombie, process of a session."""
+    procs = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgid, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue
+        if int(session) == sid and state != "Z":
+            procs.append((int(stat.parent.name), int(pgid)))
+    return procs
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL what is left of a driver's session: its own processes and no one else's."""
+    for pid, _ in session_processes(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,5 +1,8 @@
 """ComparingASHA in real Ray Tune sweeps: two trials whose losses and speeds are set, so each
-decision is known in advance. The first trial reaches every rung first (it does not sleep)."""
+decision is known in advance. The first trial reaches every rung first (it does not sleep).
+Tune runs with the hook medtune's sweeps install (its experiment state and trial logs saved at
+every checkpoint): by itself, Tune once lost a paused trial's row at its rung from result.json
+(tests/tune/test_trial_logs.py)."""
 
 import json
 import os
@@ -95,7 +98,7 @@ def _sweep(tmp_path, *losses: float, max_concurrent=None, trials=None) -> list:
     return [r.metrics_dataframe for r in by_loss]
 
 
-@pytest.mark.usefixtures("ray_2_cpus")
+@pytest.mark.usefixtures("ray_2_cpus", "tune_as_medtune_runs_it")
 def test_the_first_trial_at_a_rung_waits_and_a_worse_one_is_stopped_there(tmp_path, monkeypatch):
     # Tune saves its experiment state at every step, as medtune's driver does at every
     # checkpoint: a state saved while the first trial waits must not outlive its stop.
@@ -112,7 +115,7 @@ def test_the_first_trial_at_a_rung_waits_and_a_worse_one_is_stopped_there(tmp_pa
     assert [t["status"] for t in trials] == ["TERMINATED", "TERMINATED"]
 
 
-@pytest.mark.usefixtures("ray_2_cpus")
+@pytest.mark.usefixtures("ray_2_cpus", "tune_as_medtune_runs_it")
 def test_a_waiting_trial_that_wins_resumes_from_its_checkpoint(tmp_path):
     first, second = _sweep(tmp_path, 1.0, 2.0)
     assert list(second["training_iteration"]) == [1]
@@ -122,7 +125,7 @@ def test_a_waiting_trial_that_wins_resumes_from_its_checkpoint(tmp_path):
     assert list(first["resumed_from"]) == [0, 1, 1, 1]
 
 
-@pytest.mark.usefixtures("ray_2_cpus")
+@pytest.mark.usefixtures("ray_2_cpus", "tune_as_medtune_runs_it")
 def test_a_trial_waiting_for_one_that_is_stopped_below_its_rung_goes_on(tmp_path):
     # The first trial wins rung 1 against the second, then reaches rung 2 while the third
     # (slowest) is still below it, and waits. The third is stopped at rung 1: nothing can
@@ -142,7 +145,7 @@ def test_a_trial_waiting_for_one_that_is_stopped_below_its_rung_goes_on(tmp_path
     assert list(first["resumed_from"]) == [0, 1, 2, 2]
 
 
-@pytest.mark.usefixtures("ray_2_cpus")
+@pytest.mark.usefixtures("ray_2_cpus", "tune_as_medtune_runs_it")
 def test_no_trial_waits_for_one_the_concurrency_cap_would_not_start(tmp_path):
     first, second = _sweep(tmp_path, 2.0, 1.0, max_concurrent=1)
     # One trial at a time: the first has nobody to wait for and runs its budget, as in Ray's
