@@ -45,7 +45,8 @@ sweep: install
 test: install browser
 	$(BIN)/ruff check .
 	# 3 workers on 2 cores: a clean clone's pytest took 502.77 s against 516.39 s with 2
-	# (2026-11-30, one run each: a small gain, near run-to-run noise).
+	# (2026-11-30, one run each: a small gain, near run-to-run noise). The 2 cores were 93%
+	# busy through a later run: more workers would not help, less work would.
 	$(BIN)/pytest -q -n 3 --dist loadfile --durations=15
 
 # The CUDA tests alone (GPU fractions, bf16/fp16, 4-bit QLoRA through export); `make test`

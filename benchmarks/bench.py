@@ -85,7 +85,7 @@ def bare_loop(
     lora = LoraConfig(
         r=8,
         lora_alpha=16,
-        lora_dropout=TrainConfig().lora_dropout,  # as the trial trains (0.05 by default)
+        lora_dropout=TrainConfig().lora_dropout,  # as the trial trains (0 by default)
         target_modules=["q_proj", "v_proj"],
         task_type="CAUSAL_LM",
     )
