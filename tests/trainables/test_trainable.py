@@ -82,8 +82,8 @@ def test_failed_trial_resumes_from_its_checkpoint(
     assert result.error is None
     # Resumed from the step-10 checkpoint: the steps continue, they do not restart at zero.
     # The step-10 row may be missing: Ray's JSON logger copies result.json back from storage,
-    # synced before that row, as the trial restarts (tests/tune/test_loggers.py; medtune's
-    # sweeps keep it with tune/loggers.py). Its checkpoint is never lost.
+    # synced before that row, as the trial restarts (tests/tune/test_trial_logs.py; medtune's
+    # sweeps keep it by saving at every checkpoint). Its checkpoint is never lost.
     assert list(result.metrics_dataframe["step"]) in ([5, 10, 15, 20], [5, 15, 20])
     assert result.metrics["step"] == 20
 
