@@ -44,10 +44,11 @@ sweep: install
 
 test: install browser
 	$(BIN)/ruff check .
-	# 3 workers on 2 cores: a clean clone's pytest took 502.77 s against 516.39 s with 2
-	# (2026-11-30, one run each: a small gain, near run-to-run noise). The 2 cores were 93%
-	# busy through a later run: more workers would not help, less work would.
-	$(BIN)/pytest -q -n 3 --dist loadfile --durations=15
+	# 3 workers on 2 cores, whole files each, longest first (tests/conftest.py; xdist would
+	# otherwise order files by their number of tests and leave the longest for last). The 2
+	# cores are busy throughout: more workers would not help, less work would (422 s here,
+	# 2026-11-30, against 486-527 s before the order and the cuts of that day).
+	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15
 
 # The CUDA tests alone (GPU fractions, bf16/fp16, 4-bit QLoRA through export); `make test`
 # skips them without a GPU. Needs a CUDA build of torch (README, "Installing with a GPU") and,

@@ -7,7 +7,7 @@ Measures in one run of this script, on the same model, batch, sequence length an
   1. the matmul peak of this machine through torch (GFLOP/s), fp32 and bf16;
   2. a bare PyTorch LoRA loop (PEFT LoRA r=8 on q/v, AdamW, frozen base): tokens/s, on
      glibc's malloc (as a script runs) and on the jemalloc Ray ships with medtune's settings
-     (`tune.sweep.JEMALLOC_CONF`, what the trial runs on: the like-for-like baseline);
+     (`tune.cluster.JEMALLOC_CONF`, what the trial runs on: the like-for-like baseline);
   3. one medtune trial (the real `train_lora` inside a one-trial Ray Tune run): tokens/s;
      2 and 3 alternate, --repeats times each, each run in a fresh process of its own, with
      the trial's LoRA settings (r=8, dropout), in fp32 and in the precision
@@ -115,7 +115,7 @@ def medtune_trial(
     from trainables.config import ModelConfig, TrainConfig
     from trainables.models import base_weights
     from trainables.trainable import TrialSettings, train_lora
-    from tune.sweep import use_jemalloc_workers, use_normal_priority_workers
+    from tune.cluster import use_jemalloc_workers, use_normal_priority_workers
 
     steps = len(examples) // batch
     eval_every = max(1, steps // 3)
@@ -165,7 +165,7 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
     matmul ceiling of that precision (a bf16 trial against the fp32 ceiling is reported too,
     as the issue defines the ceiling, but it is not the like-for-like figure)."""
     from trainables.precision import resolve_precision
-    from tune.sweep import JEMALLOC_CONF, ray_jemalloc
+    from tune.cluster import JEMALLOC_CONF, ray_jemalloc
 
     asked = args.precisions.split(",")
     precisions = list(dict.fromkeys(resolve_precision(p, cuda=False) for p in asked))
@@ -719,7 +719,7 @@ def main() -> None:
     if {"startup", "memory"} - skip:
         import ray
 
-        from tune.sweep import use_jemalloc_workers, use_normal_priority_workers
+        from tune.cluster import use_jemalloc_workers, use_normal_priority_workers
 
         use_normal_priority_workers()  # the trials' processes as `medtune sweep` starts them
         use_jemalloc_workers()

@@ -15,23 +15,30 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# The longest test files, longest first (the sums of their `--durations` in one run on
-# 2026-11-30, in seconds). pytest-xdist hands out whole files (`--dist loadfile`) in
-# collection order; collected alphabetically most of these came last, where the longest could
-# run alone at the end. With the longest first (and the bench smoke in fp32 only) pytest took
-# 505.25 s here against 552.88 s.
+# The longest test files, longest first (seconds of one worker each in a 3-worker run on
+# 2026-11-30). pytest-xdist hands out whole files (`--dist loadfile`) in this order when told
+# not to reorder them (`--no-loadscope-reorder`, in the Makefile): by default it sorts them by
+# their number of tests, which put the longest files last, one worker running alone at the end
+# (its last file ended 105 s after the other two workers' in one run).
 LONGEST_FIRST = [
-    "tests/tune/test_storage.py",  # 127
-    "tests/tune/test_resume.py",  # 126: the kill test (its neighbours moved out: 274 before)
-    "tests/tune/test_scheduler.py",  # 122
-    "tests/tune/test_resume_order.py",  # 120
-    "tests/benchmarks/test_peer.py",  # 112
-    "tests/trainables/test_trainable.py",  # 108 (143 before release_memory's tests moved out)
-    "tests/tune/test_serve.py",  # 103
-    "tests/tune/test_faults.py",  # 101
-    "tests/tune/test_dashboard.py",  # 65
-    "tests/benchmarks/test_bench.py",  # 63
-    "tests/tune/test_cluster.py",  # 51-96
+    "tests/benchmarks/test_peer.py",  # 130
+    "tests/tune/test_storage.py",  # 122
+    "tests/tune/test_resume.py",  # 99
+    "tests/trainables/test_trainable.py",  # 93
+    "tests/tune/test_scheduler.py",  # 92
+    "tests/tune/test_faults.py",  # 92
+    "tests/tune/test_dashboard.py",  # 73
+    "tests/tune/test_serve.py",  # 71, with the wait for the shared sweep
+    "tests/tune/test_cluster.py",  # 57
+    "tests/tune/test_resume_order.py",  # 56
+    "tests/benchmarks/test_bench.py",  # 56
+    "tests/tune/test_e2e.py",  # 43
+    "tests/trainables/test_models.py",  # 34
+    "tests/tune/test_start_ray.py",  # 33
+    "tests/tune/test_export.py",  # 31
+    "tests/tune/test_trial_logs.py",  # 28
+    "tests/tune/test_data_report.py",  # 27
+    "tests/tune/test_decision_metric.py",  # 25
 ]
 
 

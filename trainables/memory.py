@@ -17,7 +17,7 @@ def release_memory() -> None:
 
     With `run.reuse_actors` (the default) Ray runs the next trial in the same process, and
     the allocator keeps freed pages: glibc's heap, or, in the trials of a Ray medtune starts,
-    jemalloc, which is told to keep every freed page for reuse (`tune.sweep.JEMALLOC_CONF`).
+    jemalloc, which is told to keep every freed page for reuse (`tune.cluster.JEMALLOC_CONF`).
     A reused SmolLM2 trial process grew by about 300 MiB of private memory per trial before
     this (measured in BENCHMARKS.md, "Reused trial processes").
     `MEDTUNE_MALLOC_TRIM=0` turns the release off (to measure it)."""

@@ -20,13 +20,13 @@ from ray.tune import ExperimentAnalysis, ResultGrid
 from rich.console import Console
 
 from trainables.trainable import train_lora
+from tune.cluster import start_ray
 from tune.config import SweepConfig
 from tune.errors import UserError
 from tune.progress import SweepProgress
 from tune.sweep import (
     saved_training_data,
     shared_weights,
-    start_ray,
     trial_resources,
     trial_settings,
 )

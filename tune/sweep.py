@@ -12,10 +12,8 @@ the experiment there and the results folder is the driver's copy (`tune/storage.
 from __future__ import annotations
 
 import fnmatch
-import functools
 import json
 import logging
-import os
 import platform
 import shutil
 from dataclasses import dataclass, field
@@ -23,7 +21,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import optuna
-import ray
 import yaml
 from ray import tune as ray_tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
@@ -44,7 +41,9 @@ from trainables.data import load_records as read_records
 from trainables.evaluation import encode_decisions
 from trainables.models import BaseWeights, base_weights, load_tokenizer, prepare_model
 from trainables.trainable import TrialSettings, train_lora
+from tune.cluster import start_ray
 from tune.config import SweepConfig, load_saved_config
+from tune.controller import drop_stale_decisions_on_restore, snapshot_at_every_checkpoint
 from tune.data_report import data_summary, encode_splits
 from tune.errors import UserError
 from tune.progress import SweepProgress
@@ -69,7 +68,6 @@ __all__ = [
     "run_sweep",
     "saved_training_data",
     "shared_weights",
-    "start_ray",
     "storage_location",
     "trial_settings",
 ]
@@ -186,7 +184,7 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
     if is_uri(location):
         upload(out, location, _INPUT_FILES)
     start_ray(cfg, console)
-    _snapshot_at_every_checkpoint()
+    snapshot_at_every_checkpoint()
     tuner = _build_tuner(prep, out, console)
     console.print(
         f"Sweep [bold]{cfg.run.name}[/]: {cfg.search.num_samples} trials of {cfg.model.name} on "
@@ -330,8 +328,8 @@ def resume_sweep(
         console.print(f"Extending sweep [bold]{cfg.run.name}[/] to {num_samples} trials")
     model_path, pad_id, data = saved_training_data(results, cfg)
     start_ray(cfg, console)
-    _snapshot_at_every_checkpoint()
-    _drop_stale_decisions_on_restore()
+    snapshot_at_every_checkpoint()
+    drop_stale_decisions_on_restore()
     trainable = _trainable(cfg, trial_settings(cfg, model_path, pad_id), data)
     tuner = ray_tune.Tuner.restore(
         location, trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -399,130 +397,6 @@ def _extend(results: Path, location: str, cfg: SweepConfig, num_samples: int) ->
     if is_uri(location):
         upload(results, location, ["medtune.yaml"])
     return cfg
-
-
-def _snapshot_at_every_checkpoint() -> None:
-    """Have Tune save its experiment state (what `--resume` reads) after every trial
-    checkpoint, and wait for it on storage before the trial is told to go on.
-
-    Tune saves it every 10 s at most, or once a trial has checkpointed `num_to_keep` times,
-    and in the background: a driver killed in between resumed trials from an older
-    checkpoint, and that checkpoint could already be deleted as not among the best. Forcing
-    a background save at each checkpoint was not enough: a busy driver could still be
-    copying the state while the trial, already told to go on, uploaded its next checkpoint,
-    so a kill lost two intervals (tests/tune/test_resume.py caught it in CI). Saving it
-    synchronously between registering the checkpoint and scheduling the trial's next
-    interval makes the bound strict: a kill loses at most the interval in flight. Cost: one
-    small state write per evaluation, in the driver. Ray 2.60's private
-    `TuneController._process_trial_save` (Ray is pinned in pyproject.toml).
-
-    The same save keeps each trial's rows whole. When Tune restarts a trial (ComparingASHA
-    resuming a paused one, or a retry after a failure), its JSON logger copies the trial's
-    `result.json` back from storage over the driver's: a copy synced only every 10 s lacked
-    the row of the rung a trial was paused at (a test's bare Tuner lost it), and that file is
-    what the summary and the confirmation's top-k read (tests/tune/test_trial_logs.py)."""
-    from ray.tune.execution.tune_controller import TuneController
-
-    # Tune warns of "snapshotting too often" when `num_to_keep` is 1: here it is intended.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    process = TuneController._process_trial_save
-    if getattr(process, "medtune", False):
-        return
-
-    @functools.wraps(process)  # keeps Tune's own as `__wrapped__` (tests undo the hook)
-    def process_and_snapshot(self, trial, checkpoint_value) -> None:
-        process(self, trial, checkpoint_value)
-        if checkpoint_value.checkpoint:
-            self.checkpoint(force=True, wait=True)
-
-    process_and_snapshot.medtune = True
-    TuneController._process_trial_save = process_and_snapshot
-
-
-def _drop_stale_decisions_on_restore() -> None:
-    """Have a restored Tune forget the scheduling decisions the killed driver had in flight.
-
-    Tune saves its controller's `_queued_trial_decisions` with the experiment state and
-    restores them. A trial restored from its checkpoint then finds its old CONTINUE waiting:
-    its first result after the restore starts another interval at once, before Tune has
-    registered that result's checkpoint, and the trial runs one interval ahead of its saved
-    checkpoints for the rest of the run (two `train` calls in flight), so a second kill lost
-    two intervals (tests/tune/test_resume.py caught it; traced to the decision on Ray 2.60).
-    Those decisions belong to trial processes that no longer exist; a restored run starts
-    without them, as a fresh one does. Ray 2.60's private `TuneController.__setstate__`."""
-    from ray.tune.execution.tune_controller import TuneController
-
-    setstate = TuneController.__setstate__
-    if getattr(setstate, "medtune", False):
-        return
-
-    @functools.wraps(setstate)
-    def setstate_without_decisions(self, state) -> None:
-        state = dict(state)
-        state.pop("_queued_trial_decisions", None)
-        state.pop("_cached_trial_decisions", None)
-        setstate(self, state)
-
-    setstate_without_decisions.medtune = True
-    TuneController.__setstate__ = setstate_without_decisions
-
-
-def use_normal_priority_workers() -> None:
-    """Have the Ray started next run its workers (the trials) at niceness 0, not Ray's 15.
-
-    At 15, every wake-up of Ray's own threads and daemons preempts a trial thread at once, and
-    its other torch threads wait for it at the next barrier: a trial using all the cores lost
-    about 5% of its speed to that on a 2-core machine (BENCHMARKS.md, "Trial efficiency").
-    Trials are the work here, not background load. A cluster joined by address keeps the
-    setting its `ray start` had (docs/cluster.md)."""
-    os.environ.setdefault("RAY_worker_niceness", "0")
-
-
-# For the trial processes of a Ray medtune starts, through the jemalloc Ray ships: keep freed
-# pages for reuse (no decay; `release_memory` purges them after each trial) and serve large
-# allocations from the normal arenas, not from one that unmaps each as soon as it is freed.
-# A training step frees and re-allocates GBs of activations and logits; with glibc, and with
-# jemalloc's defaults, every step faults those pages in again (BENCHMARKS.md, tenth session).
-JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
-
-
-def ray_jemalloc() -> str | None:
-    """The jemalloc library Ray ships (its Linux wheels do) and trials run on, if any."""
-    lib = Path(ray.__file__).parent / "core" / "libjemalloc.so"
-    return str(lib) if lib.exists() else None
-
-
-def use_jemalloc_workers() -> None:
-    """Have the Ray started next run its workers (the trials) on the jemalloc that Ray ships
-    and already runs its raylet and GCS on, with `JEMALLOC_CONF`: 1.2x the tokens per second
-    of a CPU trial on glibc's malloc. Ray's own switch (`RAY_LD_PRELOAD_ON_WORKERS`); it does
-    nothing where Ray has no jemalloc (macOS) or `LD_PRELOAD` is already set, and either
-    variable set by the user wins. A cluster joined by address keeps the setting its
-    `ray start` had (docs/cluster.md)."""
-    os.environ.setdefault("RAY_LD_PRELOAD_ON_WORKERS", "1")
-    os.environ.setdefault("MALLOC_CONF", JEMALLOC_CONF)
-
-
-def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:
-    """Join `ray.address`, or start Ray here with its dashboard bound to 127.0.0.1."""
-    if ray.is_initialized():
-        return
-    # Starting Ray takes dashboard settings; joining a cluster refuses them.
-    local = {"include_dashboard": cfg.ray.dashboard, "dashboard_host": "127.0.0.1"}
-    if not cfg.ray.address:
-        use_normal_priority_workers()
-        use_jemalloc_workers()
-    # Trial stdout would drown the progress lines; Tune keeps each trial's log and error.
-    context = ray.init(
-        # "local", not None: Ray would join the cluster that `ray start` last started on this
-        # machine (/tmp/ray/ray_current_cluster), someone else's on a shared machine.
-        address=cfg.ray.address or "local",
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        **({} if cfg.ray.address else local),
-    )
-    if console is not None and context.dashboard_url:
-        console.print(f"Ray dashboard: http://{context.dashboard_url}")
 
 
 def startup_points(cfg: SweepConfig, space: SearchSpace) -> list[dict] | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tune.sweep import ray_jemalloc
+from tune.cluster import ray_jemalloc
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
 

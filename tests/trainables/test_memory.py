@@ -33,7 +33,7 @@ def test_release_memory_gives_freed_heap_back_to_the_os(trim, allocator):
     """What a reused trial process runs after each trial: the pages of what the trial freed
     leave the process (glibc, and jemalloc as medtune's trials run it, keep them otherwise;
     MEDTUNE_MALLOC_TRIM=0 shows that)."""
-    from tune.sweep import JEMALLOC_CONF, ray_jemalloc
+    from tune.cluster import JEMALLOC_CONF, ray_jemalloc
 
     env = {**os.environ, "MEDTUNE_MALLOC_TRIM": trim}
     if allocator == "jemalloc":

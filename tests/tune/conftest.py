@@ -36,7 +36,7 @@ def sweep(tmp_path_factory, model_cache):
 
 @pytest.fixture
 def tune_as_is(monkeypatch):
-    """Tune's controller without medtune's hooks (tune/sweep.py), for one test: the hooks
+    """Tune's controller without medtune's hooks (tune/controller.py), for one test: the hooks
     patch it for the whole process, once installed by a test or an in-process sweep."""
     from ray.tune.execution.tune_controller import TuneController
 
@@ -49,9 +49,9 @@ def tune_as_is(monkeypatch):
 def tune_as_medtune_runs_it(tune_as_is):
     """Tune's controller with the hook every medtune sweep installs, for one test: the
     experiment state, with each trial's logs, saved on storage at every checkpoint."""
-    from tune.sweep import _snapshot_at_every_checkpoint
+    from tune.controller import snapshot_at_every_checkpoint
 
-    _snapshot_at_every_checkpoint()
+    snapshot_at_every_checkpoint()
 
 
 def _run_sweep(root: Path) -> str:

@@ -188,6 +188,7 @@ def test_dashboard_follows_a_running_sweep(model_cache, page, tmp_path):
         "train.eval_every=5",
         "train.per_device_batch_size=2",
         "resources.max_concurrent_trials=1",
+        "ray.dashboard=false",  # medtune's dashboard is under test, not Ray's
         "run.name=live",
         # Ray Tune's MLflow callback rides along: one MLflow run per trial, checked below.
         f"run.mlflow_uri=sqlite:///{tmp_path}/mlflow.db",

@@ -31,6 +31,7 @@ TINY = [
     "train.eval_every=2",
     "train.per_device_batch_size=2",
     "train.eval_max_examples=4",
+    "ray.dashboard=false",  # Ray's dashboard: ~3 CPU-s of a Ray start, not what these test
     "--no-export",
 ]
 

@@ -48,7 +48,7 @@ ARGS = [
     "ray.dashboard=false",
     # Tune by itself saves its experiment state once a trial has checkpointed this many
     # times (or every 10 s), so a kill could lose that many intervals; medtune has it saved
-    # at every checkpoint (tune/sweep.py), which a keep above 2 makes this test check.
+    # at every checkpoint (tune/controller.py), which a keep above 2 makes this test check.
     "run.checkpoints_to_keep=3",
     "run.name=killed",
 ]

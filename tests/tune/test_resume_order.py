@@ -1,13 +1,17 @@
 """Tune's experiment state and the order of a trial's reports around a killed driver: each
 report returns only once the state on storage holds its checkpoint, and still does after
-`--resume` (the hooks in tune/sweep.py that tests/tune/test_resume.py's kill test relies on).
-Apart from that file so that pytest-xdist can run them beside it."""
+`--resume` (the hooks in tune/controller.py that tests/tune/test_resume.py's kill test relies
+on). Apart from that file so that pytest-xdist can run them beside it.
+
+The killed and resumed drivers join the test worker's Ray, as drivers of a cluster do, and
+import Ray alone: half the time of each starting its own Ray after importing tune/sweep.py."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,7 +44,7 @@ def _checkpoints_in_saved_state(config):
 
 @pytest.mark.usefixtures("ray_2_cpus", "tune_as_medtune_runs_it")
 def test_saved_state_holds_each_checkpoint_before_the_trial_goes_on(tmp_path):
-    """The hook the kill test relies on (tune/sweep.py), checked on a real Tuner: when a
+    """The hook the kill test relies on (tune/controller.py), checked on a real Tuner: when a
     trial's report returns (Tune told it to go on), the experiment state on storage already
     holds the checkpoint it just reported. Tune by itself saves it later, in the background,
     so a killed driver could resume a trial two intervals back."""
@@ -65,7 +69,7 @@ from pathlib import Path
 import ray
 from ray import cloudpickle, tune
 
-from tune.sweep import _drop_stale_decisions_on_restore, _snapshot_at_every_checkpoint
+from tune.controller import drop_stale_decisions_on_restore, snapshot_at_every_checkpoint
 
 
 def held(experiment):
@@ -91,9 +95,9 @@ def trainable(config):
             time.sleep(120)  # and go with it
 
 
-storage, mode = sys.argv[1], sys.argv[2]
-ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-_snapshot_at_every_checkpoint()
+storage, mode, address = sys.argv[1:]
+ray.init(address=address, log_to_driver=False)  # the test's Ray: it outlives a killed driver
+snapshot_at_every_checkpoint()
 experiment = str(Path(storage, "exp"))
 if mode == "start":
     space = {"steps": 8, "kill_at": 3, "experiment": experiment, "driver": os.getpid()}
@@ -101,19 +105,23 @@ if mode == "start":
     tune.Tuner(trainable, param_space=space, run_config=run).fit()
 else:
     if mode == "resume":
-        _drop_stale_decisions_on_restore()
+        drop_stale_decisions_on_restore()
     result = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True).fit()[0]
     df = result.metrics_dataframe
     print(json.dumps({"step": list(df["step"]), "held_before": list(df["held_before"])}))
 """
 
 
+@pytest.mark.usefixtures("ray_2_cpus")
 @pytest.mark.parametrize("mode", ["resume", "resume-as-ray-does"])
 def test_a_resumed_trial_goes_on_only_once_its_checkpoint_is_saved(tmp_path, mode):
     """After a killed driver, the restored trial keeps the order the hook above gives it:
     each report returns only once the saved state holds its checkpoint. Without
-    `_drop_stale_decisions_on_restore`, the decision Tune saved and restored starts the
+    `drop_stale_decisions_on_restore`, the decision Tune saved and restored starts the
     trial's next interval early, and it runs one checkpoint ahead of the saved state."""
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
     script = tmp_path / "driver.py"
     script.write_text(_KILLED_THEN_RESUMED)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -121,7 +129,7 @@ def test_a_resumed_trial_goes_on_only_once_its_checkpoint_is_saved(tmp_path, mod
 
     def driver(mode: str) -> subprocess.CompletedProcess:
         proc = subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path), mode],
+            [sys.executable, str(script), str(tmp_path), mode, address],
             env=env,
             start_new_session=True,
             stdout=subprocess.PIPE,
@@ -136,6 +144,11 @@ def test_a_resumed_trial_goes_on_only_once_its_checkpoint_is_saved(tmp_path, mod
 
     started = driver("start")
     assert started.returncode == -signal.SIGKILL, started.stderr[-3000:]
+    # Ray ends the killed driver's job and its trial (which sleeps to outlive the driver).
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < 2:
+        assert time.monotonic() < deadline, "the killed driver's trial still holds its CPU"
+        time.sleep(0.2)
     resumed = driver(mode)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = json.loads(resumed.stdout.strip().splitlines()[-1])

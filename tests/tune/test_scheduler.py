@@ -176,6 +176,7 @@ def test_a_medtune_trial_paused_to_be_compared_resumes_exactly(tmp_path, model_c
         "train.max_steps=20",
         "train.eval_every=5",
         "train.per_device_batch_size=4",
+        "ray.dashboard=false",
         "run.name=pause",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tune.sweep import JEMALLOC_CONF, ray_jemalloc
+from tune.cluster import JEMALLOC_CONF, ray_jemalloc
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ print(json.dumps(ray.get(worker.remote())))
 _BARE = 'ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)'
 _SWEEP = (
     "from tune.config import load_config\n"
-    "from tune.sweep import start_ray\n"
+    "from tune.cluster import start_ray\n"
     'start_ray(load_config(None, ["ray.dashboard=false"]))'
 )
 _OURS = ("RAY_worker_niceness", "RAY_LD_PRELOAD_ON_WORKERS", "MALLOC_CONF", "LD_PRELOAD")

@@ -1,5 +1,5 @@
 """A trial Tune restarts from its checkpoint, after a pause or a failure, keeps every row of
-its logs in a sweep run as medtune runs it (tune/sweep.py's `_snapshot_at_every_checkpoint`).
+its logs in a sweep run as medtune runs it (tune/controller.py's `snapshot_at_every_checkpoint`).
 
 The storage copy of a trial's logs trails the driver's own between Tune's syncs. Here it is
 made to trail by exactly one row, as a sync right after the first report leaves it: a driver

@@ -1,0 +1,76 @@
+"""Start or join the Ray a sweep runs on: joined by `ray.address`, or started on this machine
+with the trial processes set up for training (normal priority, jemalloc that keeps what it
+frees). Imports Ray alone, not torch: a probe or a test starts Ray as a sweep does in a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import ray
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tune.config import SweepConfig
+
+
+def use_normal_priority_workers() -> None:
+    """Have the Ray started next run its workers (the trials) at niceness 0, not Ray's 15.
+
+    At 15, every wake-up of Ray's own threads and daemons preempts a trial thread at once, and
+    its other torch threads wait for it at the next barrier: a trial using all the cores lost
+    about 5% of its speed to that on a 2-core machine (BENCHMARKS.md, "Trial efficiency").
+    Trials are the work here, not background load. A cluster joined by address keeps the
+    setting its `ray start` had (docs/cluster.md)."""
+    os.environ.setdefault("RAY_worker_niceness", "0")
+
+
+# For the trial processes of a Ray medtune starts, through the jemalloc Ray ships: keep freed
+# pages for reuse (no decay; `release_memory` purges them after each trial) and serve large
+# allocations from the normal arenas, not from one that unmaps each as soon as it is freed.
+# A training step frees and re-allocates GBs of activations and logits; with glibc, and with
+# jemalloc's defaults, every step faults those pages in again (BENCHMARKS.md, tenth session).
+JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
+def ray_jemalloc() -> str | None:
+    """The jemalloc library Ray ships (its Linux wheels do) and trials run on, if any."""
+    lib = Path(ray.__file__).parent / "core" / "libjemalloc.so"
+    return str(lib) if lib.exists() else None
+
+
+def use_jemalloc_workers() -> None:
+    """Have the Ray started next run its workers (the trials) on the jemalloc that Ray ships
+    and already runs its raylet and GCS on, with `JEMALLOC_CONF`: 1.2x the tokens per second
+    of a CPU trial on glibc's malloc. Ray's own switch (`RAY_LD_PRELOAD_ON_WORKERS`); it does
+    nothing where Ray has no jemalloc (macOS) or `LD_PRELOAD` is already set, and either
+    variable set by the user wins. A cluster joined by address keeps the setting its
+    `ray start` had (docs/cluster.md)."""
+    os.environ.setdefault("RAY_LD_PRELOAD_ON_WORKERS", "1")
+    os.environ.setdefault("MALLOC_CONF", JEMALLOC_CONF)
+
+
+def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:
+    """Join `ray.address`, or start Ray here with its dashboard bound to 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    # Starting Ray takes dashboard settings; joining a cluster refuses them.
+    local = {"include_dashboard": cfg.ray.dashboard, "dashboard_host": "127.0.0.1"}
+    if not cfg.ray.address:
+        use_normal_priority_workers()
+        use_jemalloc_workers()
+    # Trial stdout would drown the progress lines; Tune keeps each trial's log and error.
+    context = ray.init(
+        # "local", not None: Ray would join the cluster that `ray start` last started on this
+        # machine (/tmp/ray/ray_current_cluster), someone else's on a shared machine.
+        address=cfg.ray.address or "local",
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        **({} if cfg.ray.address else local),
+    )
+    if console is not None and context.dashboard_url:
+        console.print(f"Ray dashboard: http://{context.dashboard_url}")
