@@ -199,6 +199,8 @@ def trial_efficiency(path: str, params: int, vocab: int, args) -> dict:
             "trial_vs_bare": _ratios(trial[p], bare[p]),
             "trial_vs_ceiling": _spread([t / ceilings[p] for t in trial[p]]),
             "trial_vs_fp32_ceiling": _spread([t / ceilings["fp32"] for t in trial[p]]),
+            "fp32_matmul_gflops": peaks["fp32"],  # the ceiling the ratio above divides by
+            "fp32_ceiling_tokens_per_s": ceilings["fp32"],
         }
         if jemalloc:
             # Like for like: the bare loop on the allocator and settings the trial runs on.
