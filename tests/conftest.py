@@ -19,25 +19,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # 2026-11-30). pytest-xdist hands out whole files (`--dist loadfile`) in this order when told
 # not to reorder them (`--no-loadscope-reorder`, in the Makefile): by default it sorts them by
 # their number of tests, which put the longest files last, one worker running alone at the end
-# (its last file ended 105 s after the other two workers' in one run).
+# (its last file ended 105 s after the other two workers' in one run). A worker takes its next
+# file as soon as at most 2 of its tests are left, so a file of one long test is followed by a
+# short file of many: otherwise its worker took the next long file at once, and the kill test,
+# the trainable's tests and the cluster test ran one after the other on one worker.
 LONGEST_FIRST = [
     "tests/benchmarks/test_peer.py",  # 130
     "tests/tune/test_storage.py",  # 122
-    "tests/tune/test_resume.py",  # 99
+    "tests/tune/test_resume.py",  # 99-175: one test
+    "tests/tune/test_data_report.py",  # 27: 12 tests
     "tests/trainables/test_trainable.py",  # 93
     "tests/tune/test_scheduler.py",  # 92
     "tests/tune/test_faults.py",  # 92
     "tests/tune/test_dashboard.py",  # 73
     "tests/tune/test_serve.py",  # 71, with the wait for the shared sweep
-    "tests/tune/test_cluster.py",  # 57
+    "tests/tune/test_cluster.py",  # 57-102: one test
+    "tests/trainables/test_models.py",  # 34: 10 tests
     "tests/tune/test_resume_order.py",  # 56
     "tests/benchmarks/test_bench.py",  # 56
     "tests/tune/test_e2e.py",  # 43
-    "tests/trainables/test_models.py",  # 34
     "tests/tune/test_start_ray.py",  # 33
     "tests/tune/test_export.py",  # 31
     "tests/tune/test_trial_logs.py",  # 28
-    "tests/tune/test_data_report.py",  # 27
     "tests/tune/test_decision_metric.py",  # 25
 ]
 
