@@ -40,7 +40,7 @@ from trainables.precision import autocast, resolve_precision
 from trainables.prompts import IGNORE_INDEX, collate
 from trainables.scratch import trial_scratch
 
-__all__ = ["TrialSettings", "release_memory", "train_lora"]
+__all__ = ["TrialSettings", "train_lora"]
 
 log = logging.getLogger(__name__)
 

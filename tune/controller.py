@@ -3,8 +3,8 @@ so that `--resume` after a killed driver loses at most the interval in flight.
 
 Both patch private methods of Ray 2.60's `TuneController` (Ray is pinned in pyproject.toml),
 process-wide and once; each keeps Tune's own method as `__wrapped__`, which the tests use to
-undo it. This module imports Ray alone, not torch or transformers, so a driver script (and a
-test) can install the hooks in a second.
+undo it. This module needs Ray alone (imported when a hook is installed), not torch or
+transformers, so a driver script (and a test) can install the hooks in a second.
 """
 
 from __future__ import annotations
