@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -147,7 +148,11 @@ def _lora_model(config: dict, settings: TrialSettings, weights: BaseWeights | No
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        # PEFT 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: a FutureWarning
+        # in every trial's log that the user can do nothing about.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        return get_peft_model(model, lora)
 
 
 def trial_uses_cuda() -> bool:

@@ -225,3 +225,16 @@ def test_activation_checkpointing_recomputes_and_trains_the_same(
     # The same training: recomputation replays LoRA dropout's random numbers.
     assert list(recomputed["eval_loss"]) == pytest.approx(list(plain["eval_loss"]), rel=1e-5)
     assert plain["eval_loss"].iloc[-1] < plain["eval_loss"].iloc[0]
+
+
+def test_a_trial_model_is_built_without_upstream_warnings(tiny_model_path, tiny_tokenizer):
+    """A trial's log carries only what the user can act on: PEFT's read of transformers'
+    deprecated `is_gradient_checkpointing` is not one of them."""
+    import warnings
+
+    settings = _settings(tiny_model_path, tiny_tokenizer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = _lora_model({"lora_r": 4}, settings)
+    assert isinstance(model, PeftModel)
+    assert [str(w.message) for w in caught if "checkpointing" in str(w.message)] == []
