@@ -19,6 +19,7 @@ quantizes while loading), for export, and as the fallback.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -235,6 +236,16 @@ def weights_of(model: PreTrainedModel) -> BaseWeights:
         names[name] = keys[same]
     config = model.config
     return BaseWeights(config, arrays, dtypes, names, frozenset(params))
+
+
+@contextlib.contextmanager
+def silence_peft_deprecation():
+    """Wrap a model with PEFT inside this: PEFT 0.21 reads transformers 5's deprecated
+    `is_gradient_checkpointing` whenever it wraps one, a FutureWarning the user can do nothing
+    about, in every trial's log and in `medtune export`'s output."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        yield
 
 
 def model_from_weights(weights: BaseWeights) -> PreTrainedModel:

@@ -20,7 +20,6 @@ import math
 import os
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,7 +35,13 @@ from trainables.evaluation import answer_loss, decision_accuracy, perplexity
 from trainables.faults import fault_from_env
 from trainables.loss import answer_token_loss
 from trainables.memory import release_memory
-from trainables.models import BaseWeights, load_model, lora_target_modules, model_from_weights
+from trainables.models import (
+    BaseWeights,
+    load_model,
+    lora_target_modules,
+    model_from_weights,
+    silence_peft_deprecation,
+)
 from trainables.precision import autocast, resolve_precision
 from trainables.prompts import IGNORE_INDEX, collate
 from trainables.scratch import trial_scratch
@@ -148,10 +153,7 @@ def _lora_model(config: dict, settings: TrialSettings, weights: BaseWeights | No
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with warnings.catch_warnings():
-        # PEFT 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: a FutureWarning
-        # in every trial's log that the user can do nothing about.
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    with silence_peft_deprecation():
         return get_peft_model(model, lora)
 
 

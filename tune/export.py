@@ -31,7 +31,7 @@ from trainables.evaluation import (
     perplexity,
     rouge,
 )
-from trainables.models import load_model, load_tokenizer, prepare_model
+from trainables.models import load_model, load_tokenizer, prepare_model, silence_peft_deprecation
 from tune.config import SweepConfig, load_saved_config
 from tune.confirm import run_confirmation
 from tune.data_report import encode_splits
@@ -112,7 +112,8 @@ def export_best(results: Path, console: Console, *, out: Path | None = None) -> 
     samples = test[: cfg.export.generate_samples]
     with console.status("Scoring the base model on the test split"):
         base = _score(model, tokenizer, examples, samples, test, cfg)
-    model = PeftModel.from_pretrained(model, str(checkpoint))
+    with silence_peft_deprecation():
+        model = PeftModel.from_pretrained(model, str(checkpoint))
     with console.status("Scoring the tuned model on the test split"):
         tuned = _score(model, tokenizer, examples, samples, test, cfg)
     metrics = {
