@@ -242,7 +242,8 @@ def weights_of(model: PreTrainedModel) -> BaseWeights:
 def silence_peft_deprecation():
     """Wrap a model with PEFT inside this: PEFT 0.21 reads transformers 5's deprecated
     `is_gradient_checkpointing` whenever it wraps one, a FutureWarning the user can do nothing
-    about, in every trial's log and in `medtune export`'s output."""
+    about, in every trial's log and in `tune.export.export_best` called from Python (the CLI
+    hides FutureWarnings itself)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
         yield
