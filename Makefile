@@ -70,6 +70,7 @@ bench: install
 	$(BIN)/python benchmarks/peer.py --sides peer,peer_fp32,peer_default,asha,fifo,noreuse --repeats 3
 	$(BIN)/python benchmarks/asha.py --trials 8 --steps 32 --repeats 3
 	$(BIN)/python benchmarks/reuse_memory.py
+	$(BIN)/python benchmarks/pinning.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
