@@ -22,6 +22,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tune.console import make_console
+
 __all__ = ["main"]
 
 
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so `medtune --help` and config typos answer before torch and Ray load.
     from tune.errors import USER_ERRORS
 
-    console = Console(highlight=False)
+    console = make_console()
     try:
         if args.command == "sweep":
             return _sweep(args, console)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from ray.tune import Callback
 from rich.console import Console
 
+from tune.console import make_console
+
 __all__ = ["SweepProgress", "format_params"]
 
 
@@ -44,7 +46,7 @@ class SweepProgress(Callback):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.console = Console()
+        self.console = make_console()
 
     def _name(self, trial) -> str:
         return f"trial {self.numbers.get(trial.trial_id, '?')}/{self.num_samples}"

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -51,6 +52,27 @@ def test_asha_sweep_invariants(sweep):
         assert t["config"]["lora_r"] in (4, 8, 16, 32)
     assert "Sweep done" in stdout and "Exported to" in stdout
     assert "Ray dashboard: http://127.0.0.1:" in stdout
+
+
+def test_each_event_is_one_line_in_a_piped_log(sweep):
+    # The fixture pipes stdout, as a CI log or `| tee` does: without a terminal rich wrapped
+    # at 80 columns, and these lines came out in two or three pieces.
+    out, stdout = sweep
+    lines = stdout.splitlines()
+    trial = r"trial [0-9a-f_]+"
+    patterns = [
+        rf"Sweep e2e: {SAMPLES} trials of tiny-random on demo \(\d+ train / \d+ validation "
+        rf"examples\), asha scheduler, results in {re.escape(str(out))}",
+        rf"Sweep done: {SAMPLES} trials, \d+ stopped early, 0 errored\. "
+        rf"Best eval_loss \d+\.\d{{4}} \({trial}\)\.",
+        rf"Chosen: {trial} at step \d+ \(eval_loss \d+\.\d{{4}}\), checkpoint "
+        rf"{re.escape(str(out))}/confirm/confirm_\w+/checkpoint_\d+",  # confirmation's winner
+        rf"Exported to {re.escape(str(out))}/export \(merged model, adapter/, metrics\.json, "
+        r"README\.md\)",
+    ]
+    for pattern in patterns:
+        assert any(re.fullmatch(pattern, line) for line in lines), (pattern, stdout[-3000:])
+    assert any(re.fullmatch(rf"✓ trial \d/{SAMPLES} (finished|stopped early).*", x) for x in lines)
 
 
 def test_start_up_trials_are_the_stratified_points(sweep):
