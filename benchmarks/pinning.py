@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
         use_jemalloc_workers()
         ray.init(address="local", num_cpus=len(cores), include_dashboard=False, log_to_driver=False)
     # As many trials as Ray's CPUs run at once (the test suite's Ray has 2).
-    core_sets = core_sets[: max(2, int(ray.cluster_resources()["CPU"]) // c)]
+    core_sets = core_sets[: int(ray.cluster_resources()["CPU"]) // c]
+    if len(core_sets) < 2:
+        raise SystemExit(f"pinning.py: Ray has room for {len(core_sets)} trial(s) of {c} CPUs")
     try:
         trainable = ray_tune.with_parameters(
             _pinned_trial,

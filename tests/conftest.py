@@ -63,6 +63,19 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def load_benchmark(script: str):
+    """`benchmarks/<script>` as a module: the benchmarks are scripts `make bench` runs, not a
+    package. Not registered in `sys.modules`, so Ray pickles its functions by value."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{Path(script).stem}", REPO / "benchmarks" / script
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def read_progress(path):
     """A trial's progress.csv as a DataFrame, `trial_id` as text: pandas reads a random id such
     as 700e6327 as the float inf otherwise (seen in CI)."""

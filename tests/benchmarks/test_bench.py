@@ -4,7 +4,6 @@ Start-up and memory each start fresh Ray trial processes (most of a minute even 
 model), so the smoke run skips them; their memory sampler is checked here on a live process.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_benchmark
 from tune.cluster import ray_jemalloc
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("medtune_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -80,7 +73,7 @@ def test_bench_smoke(tmp_path, model_cache):
 
 
 def test_memory_sampler_reads_a_live_process(tmp_path):
-    bench = _bench_module()
+    bench = load_benchmark("bench.py")
     me = bench._rollup(os.getpid())
     assert 0 < me["uss"] <= me["pss"] <= me["rss"] and me["shared"] == me["rss"] - me["uss"]
     # A child process holding 64 MiB of touched private pages: this process's own memory

@@ -2,17 +2,13 @@
 tokenizer): it runs, checks its own cache round trip, and writes its numbers. No timing is
 asserted."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "data_bench.py"
+from tests.conftest import load_benchmark
 
 
 def test_data_bench_smoke(tmp_path, model_cache):
-    spec = importlib.util.spec_from_file_location("data_bench", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("data_bench.py")
     args = ["--source", "demo", "--model", "tiny-random", "--repeats", "1", "--out", str(tmp_path)]
     bench.main(args)
     (result,) = tmp_path.glob("*-data-demo-tiny-random.json")

@@ -7,7 +7,6 @@ those are checked against medtune's config here rather than run (each run is ~20
 suite). No timing is asserted.
 """
 
-import importlib.util
 import math
 import subprocess
 import sys
@@ -15,21 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_benchmark
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load_peer():
-    spec = importlib.util.spec_from_file_location("bench_peer", BENCH / "peer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
 def test_peer_and_asha_benchmarks_produce_their_numbers(tmp_path, model_cache, ray_2_cpus):
     import ray
 
-    out = _load_peer().main(
+    out = load_benchmark("peer.py").main(
         [
             "--model=tiny-random",
             "--trials=2",
@@ -69,7 +63,7 @@ def test_peer_and_asha_benchmarks_produce_their_numbers(tmp_path, model_cache, r
 def test_every_medtune_side_is_a_valid_sweep_config():
     from tune.config import load_config
 
-    peer = _load_peer()
+    peer = load_benchmark("peer.py")
     args = peer.build_parser().parse_args(["--trials=2", "--steps=4", "--eval-every=2"])
     medtune_sides = [s for s in peer.SIDES if not s.startswith("peer")]
     for side in medtune_sides:

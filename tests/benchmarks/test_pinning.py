@@ -1,27 +1,18 @@
 """benchmarks/pinning.py at its smallest size: it runs and produces its numbers (no timing
 asserted), and the pinned trials did train on the cores they were given."""
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "pinning.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_pinning", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning two trials needs 2 cores")
 def test_pinning_benchmark_produces_its_numbers(tmp_path, model_cache, ray_2_cpus):
-    out = _load().main(
+    out = load_benchmark("pinning.py").main(
         [
             "--model=tiny-random",
             "--precision=fp32",
@@ -47,7 +38,7 @@ def test_a_pinned_trial_trains_on_its_cores(monkeypatch):
     """The pinning reaches the thread that trains (run here in this process, on one core)."""
     import trainables.trainable
 
-    module = _load()
+    module = load_benchmark("pinning.py")
     seen = {}
 
     def fake_train(config, **kwargs):  # stands in for the trainable, not for the pinning
