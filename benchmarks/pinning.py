@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ray import tune as ray_tune
 
     from trainables.config import ModelConfig, TrainConfig
-    from trainables.models import base_weights, load_model, prepare_model
+    from trainables.models import base_weights, prepare_model
     from trainables.precision import resolve_precision
     from trainables.trainable import TrialSettings
     from tune.cluster import use_jemalloc_workers, use_normal_priority_workers
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
     core_sets = [cores[i : i + c] for i in range(0, len(cores) - c + 1, c)]
     path = str(prepare_model(ModelConfig(name=args.model)))
-    vocab = load_model(path).config.vocab_size
-    examples = synthetic_examples(vocab, args.batch, args.seq, args.steps)
+    weights = base_weights(path)  # loaded once: the trials' shared base and its vocabulary
+    examples = synthetic_examples(weights.config.vocab_size, args.batch, args.seq, args.steps)
     precision = resolve_precision(args.precision, cuda=False)
     settings = TrialSettings(
         model_path=path,
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
             _pinned_trial,
             settings=settings,
             data={"train": examples, "validation": examples[:1]},
-            weights=base_weights(path),
+            weights=weights,
         )
         runs: dict[str, list[dict]] = {"pinned": [], "unpinned": []}
         for r in range(args.rounds):  # alternating, so drifts in the machine hit both modes
