@@ -38,7 +38,7 @@ LONGEST_FIRST = [
     "tests/tune/test_resume_order.py",  # 56
     "tests/benchmarks/test_bench.py",  # 56
     "tests/tune/test_e2e.py",  # 43
-    "tests/benchmarks/test_pinning.py",  # 32-50 (fifteenth session); unlisted, it ran last
+    "tests/benchmarks/test_pinning.py",  # 32-72 (fifteenth session)
     "tests/tune/test_start_ray.py",  # 33
     "tests/tune/test_export.py",  # 31
     "tests/tune/test_trial_logs.py",  # 28
