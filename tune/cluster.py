@@ -1,6 +1,7 @@
 """Start or join the Ray a sweep runs on: joined by `ray.address`, or started on this machine
 with the trial processes set up for training (normal priority, jemalloc that keeps what it
-frees). Imports Ray alone, not torch: a probe or a test starts Ray as a sweep does in a second.
+frees, none started ahead of the sweep). Imports Ray alone, not torch: a probe or a test
+starts Ray as a sweep does in a second.
 """
 
 from __future__ import annotations
@@ -54,6 +55,20 @@ def use_jemalloc_workers() -> None:
     os.environ.setdefault("MALLOC_CONF", JEMALLOC_CONF)
 
 
+def use_no_idle_workers() -> None:
+    """Have the Ray started next start no Python workers before a sweep asks for them.
+
+    Ray starts one per CPU as the first driver connects, belonging to no job. Tune starts
+    each trial process for the sweep's job instead (a bare Tuner's 2 trials ran in 2 new
+    processes beside the 2 idle ones; a plain Ray actor does take one), so each was a Python
+    process importing Ray for nothing, about 1 CPU-second while the driver and the first
+    trials start (a 2-trial tiny sweep on 2 cores: about 2 s and 2 CPU-s more, measured in
+    docs/architecture.md). Ray's own switch
+    (`RAY_prestart_worker_first_driver`); a user's setting wins. A cluster joined by address
+    keeps the setting its `ray start` had (docs/cluster.md)."""
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+
+
 def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:
     """Join `ray.address`, or start Ray here with its dashboard bound to 127.0.0.1."""
     if ray.is_initialized():
@@ -63,6 +78,7 @@ def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:
     if not cfg.ray.address:
         use_normal_priority_workers()
         use_jemalloc_workers()
+        use_no_idle_workers()
     # Trial stdout would drown the progress lines; Tune keeps each trial's log and error.
     context = ray.init(
         # "local", not None: Ray would join the cluster that `ray start` last started on this

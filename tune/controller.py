@@ -1,7 +1,8 @@
-"""Two hooks on Ray Tune's controller that every medtune sweep installs (`tune/sweep.py`),
-so that `--resume` after a killed driver loses at most the interval in flight.
+"""Three hooks on Ray Tune's controller that every medtune sweep installs (`tune/sweep.py`):
+two so that `--resume` after a killed driver loses at most the interval in flight, one so
+that a trial process Tune no longer needs is not started only to be stopped.
 
-Both patch private methods of Ray 2.60's `TuneController` (Ray is pinned in pyproject.toml),
+All patch private methods of Ray 2.60's `TuneController` (Ray is pinned in pyproject.toml),
 process-wide and once; each keeps Tune's own method as `__wrapped__`, which the tests use to
 undo it. This module needs Ray alone (imported when a hook is installed), not torch or
 transformers, so a driver script (and a test) can install the hooks in a second.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 
 def snapshot_at_every_checkpoint() -> None:
@@ -77,3 +79,37 @@ def drop_stale_decisions_on_restore() -> None:
 
     setstate_without_decisions.medtune = True
     TuneController.__setstate__ = setstate_without_decisions
+
+
+def kill_actors_that_never_started() -> None:
+    """Have Tune kill a trial process it no longer needs before it has started, rather than
+    wait for it to start so as to stop it.
+
+    With `reuse_actors`, Tune starts a process for the next pending trial as soon as a CPU is
+    free, and hands that trial a cached process instead when a trial finishes first: it then
+    asks the new one to stop gracefully, which it can do only once it has imported torch and
+    transformers and built the trainable (2-5 s of a CPU on a 2-core machine, spent beside
+    the training), and a sweep's end waits for it (3.8 s of a 25 s tiny sweep here). No trial
+    ran in such a process, so there is nothing to stop: it is killed at once, as Tune itself
+    kills one that is still stopping after its cleanup timeout. Ray 2.60's private
+    `TuneController._remove_actor` and `_started_actors`."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    remove = TuneController._remove_actor
+    if getattr(remove, "medtune", False):
+        return
+
+    @functools.wraps(remove)
+    def remove_or_kill(self, tracked_actor) -> None:
+        if tracked_actor in self._started_actors:
+            remove(self, tracked_actor)
+            return
+        if self._actor_manager.remove_actor(tracked_actor, kill=True):
+            # Tracked until the kill is done, as Tune tracks a stopping one.
+            self._stopping_actors[tracked_actor] = time.monotonic()
+            self._earliest_stopping_actor = min(
+                self._earliest_stopping_actor, self._stopping_actors[tracked_actor]
+            )
+
+    remove_or_kill.medtune = True
+    TuneController._remove_actor = remove_or_kill

@@ -43,7 +43,11 @@ from trainables.models import BaseWeights, base_weights, load_tokenizer, prepare
 from trainables.trainable import TrialSettings, train_lora
 from tune.cluster import start_ray
 from tune.config import SweepConfig, load_saved_config
-from tune.controller import drop_stale_decisions_on_restore, snapshot_at_every_checkpoint
+from tune.controller import (
+    drop_stale_decisions_on_restore,
+    kill_actors_that_never_started,
+    snapshot_at_every_checkpoint,
+)
 from tune.data_report import data_summary, encode_splits
 from tune.errors import UserError
 from tune.progress import SweepProgress
@@ -185,6 +189,7 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
         upload(out, location, _INPUT_FILES)
     start_ray(cfg, console)
     snapshot_at_every_checkpoint()
+    kill_actors_that_never_started()
     tuner = _build_tuner(prep, out, console)
     console.print(
         f"Sweep [bold]{cfg.run.name}[/]: {cfg.search.num_samples} trials of {cfg.model.name} on "
@@ -329,6 +334,7 @@ def resume_sweep(
     model_path, pad_id, data = saved_training_data(results, cfg)
     start_ray(cfg, console)
     snapshot_at_every_checkpoint()
+    kill_actors_that_never_started()
     drop_stale_decisions_on_restore()
     trainable = _trainable(cfg, trial_settings(cfg, model_path, pad_id), data)
     tuner = ray_tune.Tuner.restore(

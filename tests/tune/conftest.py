@@ -40,7 +40,7 @@ def tune_as_is(monkeypatch):
     patch it for the whole process, once installed by a test or an in-process sweep."""
     from ray.tune.execution.tune_controller import TuneController
 
-    for name in ("_process_trial_save", "__setstate__"):
+    for name in ("_process_trial_save", "__setstate__", "_remove_actor"):
         current = getattr(TuneController, name)
         monkeypatch.setattr(TuneController, name, getattr(current, "__wrapped__", current))
 
