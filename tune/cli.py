@@ -147,7 +147,7 @@ def _dashboard(args, console: Console) -> int:
 
 
 def _sweep(args, console: Console) -> int:
-    from tune.config import ConfigError, load_config
+    from tune.config import ConfigError, check_more_trials, load_config, load_saved_config
 
     # The one setting a resume may change: more trials, to extend a sweep.
     extend = [o for o in args.overrides if o.startswith("search.num_samples=")]
@@ -165,11 +165,13 @@ def _sweep(args, console: Console) -> int:
             ]
         )
     cfg = None if args.resume else load_config(args.config, args.overrides)
+    more = _num_samples(extend[-1]) if args.resume and extend else None
+    if more is not None:  # refused before torch and Ray are loaded, in a second
+        check_more_trials(args.resume, load_saved_config(args.resume), more)
     _quiet_libraries()
     from tune.sweep import prepare_sweep, results_dir, resume_sweep, run_sweep
 
     if args.resume:
-        more = _num_samples(extend[-1]) if extend else None
         cfg, summary = resume_sweep(args.resume, console, num_samples=more)
     else:
         prep = prepare_sweep(cfg, console, overwrite=args.overwrite)

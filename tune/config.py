@@ -247,6 +247,17 @@ def load_saved_config(results: Path) -> SweepConfig:
         raise ConfigError([f"{path}: unreadable sweep config ({detail})"]) from None
 
 
+def check_more_trials(results: Path, cfg: SweepConfig, num_samples: int) -> None:
+    """A resume may raise `search.num_samples`, never lower it: the trials are there."""
+    if num_samples < cfg.search.num_samples:
+        raise ConfigError(
+            [
+                f"search.num_samples={num_samples}: the sweep in {results} already has "
+                f"{cfg.search.num_samples}; a resume can only raise it"
+            ]
+        )
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError([f"--config {path}: no such file; give a YAML file or omit --config"])

@@ -42,7 +42,7 @@ from trainables.evaluation import encode_decisions
 from trainables.models import BaseWeights, base_weights, load_tokenizer, prepare_model
 from trainables.trainable import TrialSettings, train_lora
 from tune.cluster import start_ray
-from tune.config import SweepConfig, load_saved_config
+from tune.config import SweepConfig, check_more_trials, load_saved_config
 from tune.controller import (
     drop_stale_decisions_on_restore,
     kill_actors_that_never_started,
@@ -368,11 +368,7 @@ def _extend(results: Path, location: str, cfg: SweepConfig, num_samples: int) ->
     import pyarrow.fs as pafs
     from ray import cloudpickle
 
-    if num_samples < cfg.search.num_samples:
-        raise UserError(
-            f"search.num_samples={num_samples}: the sweep in {results} already has "
-            f"{cfg.search.num_samples}; a resume can only raise it"
-        )
+    check_more_trials(results, cfg, num_samples)
     fs, base = open_storage(location) if is_uri(location) else (pafs.LocalFileSystem(), location)
     pattern = "search_gen_state-*.json"
     states = [

@@ -213,7 +213,11 @@ def test_activation_checkpointing_recomputes_and_trains_the_same(
             "lora_r": 4,
             "checkpointing": ray_tune.grid_search([False, True]),
         },
-        tune_config=ray_tune.TuneConfig(metric="eval_loss", mode="min"),
+        # One after the other in one trial process: the second trial starts no process of its
+        # own (about 5 CPU-s of imports on the suite's 2 cores).
+        tune_config=ray_tune.TuneConfig(
+            metric="eval_loss", mode="min", max_concurrent_trials=1, reuse_actors=True
+        ),
         run_config=ray_tune.RunConfig(storage_path=str(tmp_path), name="gc", verbose=0),
     )
     results = {r.config["checkpointing"]: r.metrics_dataframe for r in tuner.fit()}
