@@ -22,6 +22,7 @@ from rich.console import Console
 from trainables.trainable import train_lora
 from tune.cluster import start_ray
 from tune.config import SweepConfig
+from tune.controller import kill_actors_that_never_started
 from tune.errors import UserError
 from tune.progress import SweepProgress
 from tune.sweep import (
@@ -70,6 +71,7 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
     )
     model_path, pad_id, data = saved_training_data(results, cfg)
     start_ray(cfg)
+    kill_actors_that_never_started()  # as the sweep's own Tune run (tune/controller.py)
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(
             _confirm_trial,

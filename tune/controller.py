@@ -1,6 +1,7 @@
 """Three hooks on Ray Tune's controller that every medtune sweep installs (`tune/sweep.py`):
 two so that `--resume` after a killed driver loses at most the interval in flight, one so
-that a trial process Tune no longer needs is not started only to be stopped.
+that a trial process Tune no longer needs is not started only to be stopped (installed for
+the confirmation's Tune run too, `tune/confirm.py`).
 
 All patch private methods of Ray 2.60's `TuneController` (Ray is pinned in pyproject.toml),
 process-wide and once; each keeps Tune's own method as `__wrapped__`, which the tests use to
@@ -88,10 +89,10 @@ def kill_actors_that_never_started() -> None:
     With `reuse_actors`, Tune starts a process for the next pending trial as soon as a CPU is
     free, and hands that trial a cached process instead when a trial finishes first: it then
     asks the new one to stop gracefully, which it can do only once it has imported torch and
-    transformers and built the trainable (2-5 s of a CPU on a 2-core machine, spent beside
-    the training), and a sweep's end waits for it (3.8 s of a 25 s tiny sweep here). No trial
-    ran in such a process, so there is nothing to stop: it is killed at once, as Tune itself
-    kills one that is still stopping after its cleanup timeout. Ray 2.60's private
+    transformers and built the trainable (about 5 CPU-seconds on a 2-core machine, spent
+    beside the training), and a sweep's end waits for it (3.8 s of a 25 s tiny sweep here).
+    No trial ran in such a process, so there is nothing to stop: it is killed at once, as
+    Tune itself kills one that is still stopping after its cleanup timeout. Ray 2.60's private
     `TuneController._remove_actor` and `_started_actors`."""
     from ray.tune.execution.tune_controller import TuneController
 
