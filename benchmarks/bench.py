@@ -115,7 +115,7 @@ def medtune_trial(
     from trainables.config import ModelConfig, TrainConfig
     from trainables.models import base_weights
     from trainables.trainable import TrialSettings, train_lora
-    from tune.cluster import use_jemalloc_workers, use_normal_priority_workers
+    from tune.cluster import use_trial_worker_settings
 
     steps = len(examples) // batch
     eval_every = max(1, steps // 3)
@@ -133,8 +133,7 @@ def medtune_trial(
         pad_token_id=0,
         cpus=threads,
     )
-    use_normal_priority_workers()  # as `medtune sweep` starts its local Ray
-    use_jemalloc_workers()
+    use_trial_worker_settings()  # as `medtune sweep` starts its local Ray
     # "local": never join a `ray start` cluster that happens to run on this machine.
     ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
     try:
@@ -721,10 +720,9 @@ def main() -> None:
     if {"startup", "memory"} - skip:
         import ray
 
-        from tune.cluster import use_jemalloc_workers, use_normal_priority_workers
+        from tune.cluster import use_trial_worker_settings
 
-        use_normal_priority_workers()  # the trials' processes as `medtune sweep` starts them
-        use_jemalloc_workers()
+        use_trial_worker_settings()  # the trials' processes as `medtune sweep` starts them
         ray.init(
             address="local",
             num_cpus=max(2, args.threads),

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     from trainables.models import base_weights, prepare_model
     from trainables.precision import resolve_precision
     from trainables.trainable import TrialSettings
-    from tune.cluster import use_jemalloc_workers, use_normal_priority_workers
+    from tune.cluster import use_trial_worker_settings
 
     cores = sorted(os.sched_getaffinity(0))
     c = args.cpus_per_trial
@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     started_ray = not ray.is_initialized()
     if started_ray:
-        use_normal_priority_workers()  # the trials' processes as `medtune sweep` starts them
-        use_jemalloc_workers()
+        use_trial_worker_settings()  # the trials' processes as `medtune sweep` starts them
         ray.init(address="local", num_cpus=len(cores), include_dashboard=False, log_to_driver=False)
     # As many trials as Ray's CPUs run at once (the test suite's Ray has 2).
     core_sets = core_sets[: int(ray.cluster_resources()["CPU"]) // c]

@@ -69,6 +69,15 @@ def use_no_idle_workers() -> None:
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 
 
+def use_trial_worker_settings() -> None:
+    """Every setting above, for the trial processes of the Ray started next on this machine:
+    `start_ray` applies them, and so do the benchmarks that start Ray themselves, so that
+    their trials run as a sweep's do. A user's own setting of any of them wins."""
+    use_normal_priority_workers()
+    use_jemalloc_workers()
+    use_no_idle_workers()
+
+
 def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:
     """Join `ray.address`, or start Ray here with its dashboard bound to 127.0.0.1."""
     if ray.is_initialized():
@@ -76,9 +85,7 @@ def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:
     # Starting Ray takes dashboard settings; joining a cluster refuses them.
     local = {"include_dashboard": cfg.ray.dashboard, "dashboard_host": "127.0.0.1"}
     if not cfg.ray.address:
-        use_normal_priority_workers()
-        use_jemalloc_workers()
-        use_no_idle_workers()
+        use_trial_worker_settings()
     # Trial stdout would drown the progress lines; Tune keeps each trial's log and error.
     context = ray.init(
         # "local", not None: Ray would join the cluster that `ray start` last started on this
