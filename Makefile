@@ -47,7 +47,7 @@ test: install browser
 	# 3 workers on 2 cores, whole files each, longest first (tests/conftest.py; xdist would
 	# otherwise order files by their number of tests and leave the longest for last). The 2
 	# cores are busy throughout (94% on average): more workers would not help, less work would
-	# (pytest 426.47-440.86 s in clean clones, 2026-11-30; BENCHMARKS.md, sixteenth session).
+	# (pytest 426.47-478.42 s in clean clones, 2026-11-30; BENCHMARKS.md, sixteenth session).
 	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15
 
 # The CUDA tests alone (GPU fractions, bf16/fp16, 4-bit QLoRA through export); `make test`
