@@ -21,7 +21,8 @@ STEPS, SAMPLES = 60, 2
 @pytest.fixture
 def cluster():
     ray.shutdown()  # this test drives its own cluster, not the session's local Ray
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    # No Ray dashboard (about 3 CPU-s of a start): nothing here reads it.
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     workers = [c.add_node(num_cpus=1, resources={"trainer": 1}) for _ in range(2)]
     c.wait_for_nodes()
     yield c, workers

@@ -57,7 +57,8 @@ def cluster(s3):
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    # No Ray dashboard (about 3 CPU-s of a start): nothing here reads it.
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     for _ in range(2):
         c.add_node(num_cpus=1, resources={"trainer": 1})
     c.wait_for_nodes()
