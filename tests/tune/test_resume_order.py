@@ -108,7 +108,8 @@ else:
         drop_stale_decisions_on_restore()
     result = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True).fit()[0]
     df = result.metrics_dataframe
-    print(json.dumps({"step": list(df["step"]), "held_before": list(df["held_before"])}))
+    rows = {"step": list(df["step"]), "held_before": list(df["held_before"])}
+    print(json.dumps({**rows, "error": repr(result.error) if result.error else None}))
 """
 
 
@@ -152,12 +153,20 @@ def test_a_resumed_trial_goes_on_only_once_its_checkpoint_is_saved(tmp_path, mod
     resumed = driver(mode)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = json.loads(resumed.stdout.strip().splitlines()[-1])
-    # From the checkpoint of step 3, once each (the first 3 rows are the killed run's), and
-    # in order with the hook. Without it, the two intervals in flight may even report out of
-    # order (4, 6, 5 once in CI), which is that run's defect, not this test's.
-    assert sorted(rows["step"]) == [1, 2, 3, 4, 5, 6, 7, 8], rows
-    if mode == "resume":
-        assert rows["step"] == [1, 2, 3, 4, 5, 6, 7, 8], rows
     steps, held = rows["step"][3:], rows["held_before"][3:]
     in_order = held[1:] == steps[:-1]
-    assert in_order == (mode == "resume"), rows
+    if mode == "resume":
+        # From the checkpoint of step 3, once each (the first 3 rows are the killed run's),
+        # in order, each report returning once the saved state held the one before it.
+        assert rows["error"] is None, rows
+        assert rows["step"] == [1, 2, 3, 4, 5, 6, 7, 8], rows
+        assert in_order, rows
+    else:
+        # Without the hook the restored trial runs a checkpoint ahead of the saved state (a
+        # report returns before the state holds the one before it). Its two intervals in
+        # flight have also reported out of order (4, 6, 5) and, under load, the resumed run
+        # has ended after step 4 (each seen once in a clean-clone `make test`): every way it
+        # goes, it is not a complete, in-order run. This fails if Tune ever restores such a
+        # trial right by itself.
+        complete = rows["error"] is None and sorted(rows["step"]) == [1, 2, 3, 4, 5, 6, 7, 8]
+        assert not (complete and in_order), rows
