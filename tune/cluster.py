@@ -63,9 +63,9 @@ def use_no_idle_workers() -> None:
     processes beside the 2 idle ones; a plain Ray actor does take one), so each was a Python
     process importing Ray for nothing, about 1 CPU-second while the driver and the first
     trials start (a 2-trial tiny sweep on 2 cores: about 2 s and 2 CPU-s more, measured in
-    docs/architecture.md). Ray's own switch
-    (`RAY_prestart_worker_first_driver`); a user's setting wins. A cluster joined by address
-    keeps the setting its `ray start` had (docs/cluster.md)."""
+    docs/architecture.md). Ray's own switch (`RAY_prestart_worker_first_driver`); a user's
+    setting wins. A cluster joined by address keeps the setting its `ray start` had
+    (docs/cluster.md)."""
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 
 

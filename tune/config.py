@@ -23,7 +23,14 @@ from pydantic import Field, ValidationError, field_validator
 from trainables.config import DataConfig, ModelConfig, Section, TrainConfig
 from tune.redact import MASK, is_secret_key
 
-__all__ = ["ConfigError", "SweepConfig", "default_config_path", "load_config", "load_saved_config"]
+__all__ = [
+    "ConfigError",
+    "SweepConfig",
+    "check_more_trials",
+    "default_config_path",
+    "load_config",
+    "load_saved_config",
+]
 
 
 class ConfigError(ValueError):
