@@ -6,7 +6,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from rouge_score import rouge_scorer
 
 from trainables.data import Record
 from trainables.loss import answer_logits, answer_token_loss
@@ -97,6 +96,10 @@ def generate_answers(
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F1, as `evaluate.load("rouge")` computes it (same rouge-score core)."""
+    # Imported here: rouge-score brings nltk (275 modules, 14.4 MiB of private memory), which
+    # every trial process would load for a score only export computes.
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     sums = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     for pred, ref in zip(predictions, references, strict=True):

@@ -1,4 +1,6 @@
 import math
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -30,6 +32,13 @@ def test_rouge_and_perplexity():
     assert rouge(["dog"], ["the cat sat"])["rougeL"] == 0.0
     assert perplexity(math.log(10)) == pytest.approx(10)
     assert math.isfinite(perplexity(1e6))
+
+
+def test_a_trial_process_does_not_load_rouge_scores_nltk():
+    """Only export scores ROUGE; a trial process importing the trainable skips nltk."""
+    code = "import sys, trainables.trainable; print('nltk' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_decision_is_the_most_likely_answer(tiny_model_path, tiny_tokenizer):
