@@ -22,7 +22,9 @@ the input-gradient backward (2 more); LoRA's weight gradients are negligible.
   5. memory: peak memory of one trial against two concurrent trials sharing the base weights
      through the object store, and two that load their own copy ("two_disk"), sampled from
      /proc/<pid>/smaps_rollup of the trial processes (USS: private memory; shared pages counted
-     once); alternating, --repeats times each;
+     once); each also with `train.activation_checkpointing` ("*_checkpointed"); alternating,
+     --repeats times each; `--mem-runs` picks some of them. `--model` also takes a model
+     folder, such as a larger SmolLM2 shape from `benchmarks/shaped_model.py`;
   6. levers: padding share of length-grouped vs random batches; logits at answer positions only
      vs over the whole sequence: forward + backward time, alternating, and peak memory of one
      such step in a fresh process ("logits_memory").
@@ -445,7 +447,19 @@ class _Sampler(threading.Thread):
         return {k: (v if k == "processes" else v / 1024) for k, v in self.peak.items()}
 
 
-def memory(model: str, path: str, data: dict, repeats: int, steps: int, batch: int) -> dict:
+# name: (trials, base from the object store, train.activation_checkpointing)
+MEMORY_RUNS = {
+    "one": (1, True, False),
+    "two": (2, True, False),
+    "two_disk": (2, False, False),
+    "one_checkpointed": (1, True, True),
+    "two_checkpointed": (2, True, True),
+}
+
+
+def memory(
+    model: str, path: str, data: dict, repeats: int, steps: int, batch: int, names: list[str]
+) -> dict:
     import ray
     from ray import tune as ray_tune
 
@@ -453,20 +467,16 @@ def memory(model: str, path: str, data: dict, repeats: int, steps: int, batch: i
 
     settings = _settings(path, model, steps=steps, batch=batch, threads=1)
     checkpointed = _settings(path, model, steps=steps, batch=batch, threads=1, checkpointing=True)
+    weights = base_weights(path)
     shared = {
         "settings": ray.put(settings),
         "checkpointed": ray.put(checkpointed),
         "data": ray.put(data),
-        "weights": ray.put(base_weights(path)),
+        "weights": ray.put(weights),
     }
-    # name: (trials, base from the object store, train.activation_checkpointing)
-    runs = {
-        "one": (1, True, False),
-        "two": (2, True, False),
-        "two_disk": (2, False, False),
-        "one_checkpointed": (1, True, True),
-        "two_checkpointed": (2, True, True),
-    }
+    weights_mib = weights.nbytes / 2**20
+    del weights  # the store holds them; this process need not
+    runs = {name: MEMORY_RUNS[name] for name in names}
     peaks: dict[str, list[dict]] = {k: [] for k in runs}
     for _ in range(repeats):
         for name, (trials, share, checkpointing) in runs.items():  # alternating
@@ -487,14 +497,19 @@ def memory(model: str, path: str, data: dict, repeats: int, steps: int, batch: i
                     )
                 finally:
                     peaks[name].append(sampler.result())
-    out: dict = {"weights_mib": base_weights(path).nbytes / 2**20, "steps": steps, "batch": batch}
+    out: dict = {"weights_mib": weights_mib, "steps": steps, "batch": batch}
     for name in runs:
         out[name] = {k: _spread([p.get(k, 0) for p in peaks[name]]) for k in peaks[name][0]}
     foot = {k: [p["footprint"] for p in v] for k, v in peaks.items()}
-    out["two_vs_one"] = _ratios(foot["two"], foot["one"])
-    out["two_disk_vs_one"] = _ratios(foot["two_disk"], foot["one"])
-    out["two_vs_one_checkpointed"] = _ratios(foot["two_checkpointed"], foot["one_checkpointed"])
-    out["one_checkpointed_vs_one"] = _ratios(foot["one_checkpointed"], foot["one"])
+    pairs = {
+        "two_vs_one": ("two", "one"),
+        "two_disk_vs_one": ("two_disk", "one"),
+        "two_vs_one_checkpointed": ("two_checkpointed", "one_checkpointed"),
+        "one_checkpointed_vs_one": ("one_checkpointed", "one"),
+    }
+    for key, (a, b) in pairs.items():
+        if a in foot and b in foot:
+            out[key] = _ratios(foot[a], foot[b])
     return out
 
 
@@ -678,6 +693,11 @@ def main() -> None:
     parser.add_argument("--mem-steps", type=int, default=2, help="training steps per memory run")
     parser.add_argument("--mem-batch", type=int, default=4, help="batch of start-up/memory/levers")
     parser.add_argument(
+        "--mem-runs",
+        default=",".join(MEMORY_RUNS),
+        help="comma-separated runs of the memory part (fewer for bases that fill the machine)",
+    )
+    parser.add_argument(
         "--precisions",
         default="fp32,auto",
         help="part 1's number formats, comma-separated: fp32, auto (what the trial picks here)",
@@ -688,6 +708,9 @@ def main() -> None:
     skip = {p for p in args.skip.split(",") if p}
     if skip - set(PARTS):
         parser.error(f"--skip: unknown parts {sorted(skip - set(PARTS))}; choose from {PARTS}")
+    mem_runs = [r for r in args.mem_runs.split(",") if r]
+    if not mem_runs or set(mem_runs) - set(MEMORY_RUNS):
+        parser.error(f"--mem-runs: got {args.mem_runs!r}; choose from {', '.join(MEMORY_RUNS)}")
     if not args.precisions or set(args.precisions.split(",")) - {"fp32", "auto"}:
         parser.error(f"--precisions: got {args.precisions!r}; choose from fp32, auto")
 
@@ -734,7 +757,7 @@ def main() -> None:
                 out["startup_s"] = startup(args.model, path, data, args.repeats, args.threads)
             if "memory" not in skip:
                 out["memory_mib"] = memory(
-                    args.model, path, data, args.repeats, args.mem_steps, args.mem_batch
+                    args.model, path, data, args.repeats, args.mem_steps, args.mem_batch, mem_runs
                 )
         finally:
             ray.shutdown()
@@ -753,7 +776,7 @@ def main() -> None:
             path, data["train"], args.mem_batch, args.threads, args.repeats
         )
     out["machine"]["load_average_at_end"] = os.getloadavg()
-    name = f"{datetime.now():%Y%m%d-%H%M%S}-{args.model}.json"
+    name = f"{datetime.now():%Y%m%d-%H%M%S}-{Path(args.model).name}.json"  # a folder too
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / name).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

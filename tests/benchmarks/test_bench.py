@@ -100,3 +100,22 @@ def test_memory_sampler_reads_a_live_process(tmp_path):
     assert peak["processes"] == 1
     assert peak["uss"] >= 64  # MiB: the ballast is counted as private
     assert peak["footprint"] == pytest.approx(peak["rss"], rel=0.01)  # one process: USS + shared
+
+
+def test_shaped_models_have_the_published_sizes():
+    """The larger SmolLM2 shapes `benchmarks/shaped_model.py` builds for memory measurements
+    hold as many parameters as the published SmolLM2-360M and -1.7B (built on the meta device,
+    so no weights are allocated)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    shaped = load_benchmark("shaped_model.py")
+    # What the 135M's config shares with the family: vocabulary and tied embeddings.
+    base = LlamaConfig(vocab_size=49152, tie_word_embeddings=True)
+    counts = {}
+    for size in ("360m", "1.7b"):
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(shaped.shaped_config(size, base))
+        counts[size] = sum(p.numel() for p in model.parameters())
+    assert counts == {"360m": 361_821_120, "1.7b": 1_711_376_384}
+    assert base.hidden_size == LlamaConfig().hidden_size  # the base is left as it was
