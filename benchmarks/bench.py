@@ -116,6 +116,7 @@ def medtune_trial(
 
     from trainables.config import ModelConfig, TrainConfig
     from trainables.models import base_weights
+    from trainables.precision import resolve_precision
     from trainables.trainable import TrialSettings, train_lora
     from tune.cluster import use_trial_worker_settings
 
@@ -146,7 +147,10 @@ def medtune_trial(
                         train_lora,
                         settings=settings,
                         data={"train": examples, "validation": examples[:1]},
-                        weights=base_weights(model_path),
+                        # As a sweep shares it: linear weights in the format it computes in.
+                        weights=base_weights(
+                            model_path, compute=resolve_precision(precision, cuda=False)
+                        ),
                     ),
                     {"cpu": threads},
                 ),
@@ -370,12 +374,14 @@ def startup(model: str, path: str, data: dict, repeats: int, threads: int) -> di
     from ray import tune as ray_tune
 
     from trainables.models import base_weights
+    from trainables.precision import resolve_precision
 
     settings = _settings(path, model, steps=1, batch=1, threads=threads)
+    compute = resolve_precision(settings.train.precision, cuda=False)  # as a sweep stores it
     refs = {
         "settings": ray.put(settings),
         "data": ray.put(data),
-        "weights": ray.put(base_weights(path)),
+        "weights": ray.put(base_weights(path, compute=compute)),
     }
     variants = ["warm", "disk", "convert"]
     order = [v for _ in range(repeats) for v in variants]  # alternating
@@ -390,7 +396,9 @@ def startup(model: str, path: str, data: dict, repeats: int, threads: int) -> di
     return out
 
 
-def _memory_trial(config: dict, *, settings, checkpointed, data, weights, pids: str) -> None:
+def _memory_trial(
+    config: dict, *, settings, checkpointed, data, weights, weights_fp32, pids: str
+) -> None:
     from trainables.trainable import train_lora
 
     Path(pids, str(os.getpid())).touch()
@@ -398,7 +406,7 @@ def _memory_trial(config: dict, *, settings, checkpointed, data, weights, pids: 
         config,
         settings=checkpointed if config["checkpointing"] else settings,
         data=data,
-        weights=weights if config["shared"] else None,
+        weights={"store": weights, "store_fp32": weights_fp32, "disk": None}[config["base"]],
     )
 
 
@@ -447,13 +455,18 @@ class _Sampler(threading.Thread):
         return {k: (v if k == "processes" else v / 1024) for k, v in self.peak.items()}
 
 
-# name: (trials, base from the object store, train.activation_checkpointing)
+# name: (trials, where the base comes from, train.activation_checkpointing). "store": the
+# object store, linear weights in the format the trials compute in (as a sweep shares them);
+# "store_fp32": the object store, all fp32 (as sweeps did before 2026-12-01); "disk": each
+# trial loads the saved model.
 MEMORY_RUNS = {
-    "one": (1, True, False),
-    "two": (2, True, False),
-    "two_disk": (2, False, False),
-    "one_checkpointed": (1, True, True),
-    "two_checkpointed": (2, True, True),
+    "one": (1, "store", False),
+    "two": (2, "store", False),
+    "one_fp32_store": (1, "store_fp32", False),
+    "two_fp32_store": (2, "store_fp32", False),
+    "two_disk": (2, "disk", False),
+    "one_checkpointed": (1, "store", True),
+    "two_checkpointed": (2, "store", True),
 }
 
 
@@ -464,22 +477,30 @@ def memory(
     from ray import tune as ray_tune
 
     from trainables.models import base_weights
+    from trainables.precision import resolve_precision
 
     settings = _settings(path, model, steps=steps, batch=batch, threads=1)
     checkpointed = _settings(path, model, steps=steps, batch=batch, threads=1, checkpointing=True)
-    weights = base_weights(path)
+    runs = {name: MEMORY_RUNS[name] for name in names}
+    compute = resolve_precision(settings.train.precision, cuda=False)  # as a sweep stores it
     shared = {
         "settings": ray.put(settings),
         "checkpointed": ray.put(checkpointed),
         "data": ray.put(data),
-        "weights": ray.put(weights),
     }
-    weights_mib = weights.nbytes / 2**20
-    del weights  # the store holds them; this process need not
-    runs = {name: MEMORY_RUNS[name] for name in names}
+    weights_mib = {}
+    # Each format in the store only if a run reads it: a large base fills the store.
+    for key, fmt, source in (("weights", compute, "store"), ("weights_fp32", "fp32", "store_fp32")):
+        if any(base == source for _, base, _ in runs.values()):
+            weights = base_weights(path, compute=fmt)
+            shared[key] = ray.put(weights)
+            weights_mib[source] = weights.nbytes / 2**20
+            del weights  # the store holds them; this process need not
+        else:
+            shared[key] = None
     peaks: dict[str, list[dict]] = {k: [] for k in runs}
     for _ in range(repeats):
-        for name, (trials, share, checkpointing) in runs.items():  # alternating
+        for name, (trials, base, checkpointing) in runs.items():  # alternating
             with tempfile.TemporaryDirectory() as pids:
                 sampler = _Sampler(Path(pids))
                 sampler.start()
@@ -488,7 +509,7 @@ def memory(
                         ray_tune.with_parameters(_memory_trial, pids=pids, **shared),
                         {
                             **LORA,
-                            "shared": share,
+                            "base": base,
                             "checkpointing": checkpointing,
                             "seed": ray_tune.grid_search(list(range(trials))),
                         },
@@ -497,13 +518,21 @@ def memory(
                     )
                 finally:
                     peaks[name].append(sampler.result())
-    out: dict = {"weights_mib": weights_mib, "steps": steps, "batch": batch}
+    out: dict = {
+        "weights_mib": weights_mib,
+        "store_format": compute,
+        "steps": steps,
+        "batch": batch,
+    }
     for name in runs:
         out[name] = {k: _spread([p.get(k, 0) for p in peaks[name]]) for k in peaks[name][0]}
     foot = {k: [p["footprint"] for p in v] for k, v in peaks.items()}
     pairs = {
         "two_vs_one": ("two", "one"),
         "two_disk_vs_one": ("two_disk", "one"),
+        "two_vs_one_fp32_store": ("two_fp32_store", "one_fp32_store"),
+        "one_vs_one_fp32_store": ("one", "one_fp32_store"),
+        "two_vs_two_fp32_store": ("two", "two_fp32_store"),
         "two_vs_one_checkpointed": ("two_checkpointed", "one_checkpointed"),
         "one_checkpointed_vs_one": ("one_checkpointed", "one"),
     }

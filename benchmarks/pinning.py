@@ -100,9 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
     core_sets = [cores[i : i + c] for i in range(0, len(cores) - c + 1, c)]
     path = str(prepare_model(ModelConfig(name=args.model)))
-    weights = base_weights(path)  # loaded once: the trials' shared base and its vocabulary
-    examples = synthetic_examples(weights.config.vocab_size, args.batch, args.seq, args.steps)
     precision = resolve_precision(args.precision, cuda=False)
+    # Loaded once: the trials' shared base (as a sweep stores it) and its vocabulary.
+    weights = base_weights(path, compute=precision)
+    examples = synthetic_examples(weights.config.vocab_size, args.batch, args.seq, args.steps)
     settings = TrialSettings(
         model_path=path,
         model=ModelConfig(name=path),

@@ -192,7 +192,7 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="Number format of training and trial evaluation (mixed precision: fp32 "
-        "weights, bf16/fp16 matmuls). auto: bf16 on GPUs that support it (else fp16) and on "
+        "LoRA weights, bf16/fp16 matmuls). auto: bf16 on GPUs that support it (else fp16) and on "
         "CPUs with AMX or AVX512_BF16, fp32 on other CPUs; fp16 needs CUDA.",
     )
     seed: int = Field(0, description="Seed of LoRA init and data order in every trial.")

@@ -15,6 +15,10 @@ quantizes while loading), for export, and as the fallback.
 
     weights = base_weights(path)          # driver, once; ray.put (tune.with_parameters)
     model = model_from_weights(weights)   # trial: no copy of the frozen weights
+
+Where every trial computes in bf16, the driver stores the linear weights in bf16
+(`base_weights(path, compute="bf16")`): the copies autocast would make in each trial at every
+step are then made once and shared (`store_linear_weights_in`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +52,7 @@ __all__ = [
     "lora_target_modules",
     "model_from_weights",
     "prepare_model",
+    "store_linear_weights_in",
     "weights_of",
 ]
 
@@ -196,6 +201,9 @@ class BaseWeights:
     dtypes: dict[str, str]
     names: dict[str, str]
     parameters: frozenset[str] = field(default_factory=frozenset)
+    # The precision whose autocast the linear weights are stored for ("fp32": as loaded; see
+    # `store_linear_weights_in`): only trials computing in it may use them.
+    compute: str = "fp32"
 
     @property
     def nbytes(self) -> int:
@@ -209,9 +217,36 @@ _AS_INT = {
 }
 
 
-def base_weights(path: str, *, trust_remote_code: bool = False) -> BaseWeights:
-    """Load the base model once (in the driver) and return it as `BaseWeights`."""
-    return weights_of(load_model(path, trust_remote_code=trust_remote_code))
+_COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def base_weights(
+    path: str, *, trust_remote_code: bool = False, compute: str = "fp32"
+) -> BaseWeights:
+    """Load the base model once (in the driver) and return it as `BaseWeights`, its linear
+    weights stored in `compute`'s format where that is bf16 or fp16."""
+    model = load_model(path, trust_remote_code=trust_remote_code)
+    if compute != "fp32":
+        store_linear_weights_in(model, _COMPUTE_DTYPES[compute])
+    return replace(weights_of(model), compute=compute)
+
+
+def store_linear_weights_in(model: PreTrainedModel, dtype: torch.dtype) -> None:
+    """Cast the weight and bias of every `nn.Linear` of a frozen `model` to `dtype`, in place.
+
+    Under autocast to `dtype`, each forward casts these fp32 weights to `dtype` (rounding to
+    nearest, as `Tensor.to` does) and keeps the copies for the backward pass: private memory
+    in every trial, as large as half the fp32 base at the step's peak. Stored in `dtype`, the
+    same values are shared by every trial of a node and autocast leaves them as they are, so a
+    trial computes the same numbers (tests/trainables/test_models.py). Everything autocast runs
+    in fp32 stays fp32: norms, embeddings, and a head tied to the input embedding (which the
+    embedding lookup reads in fp32)."""
+    embedding = model.get_input_embeddings().weight
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight is not embedding:
+            module.weight.data = module.weight.data.to(dtype)
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(dtype)
 
 
 def weights_of(model: PreTrainedModel) -> BaseWeights:

@@ -5,8 +5,11 @@ that supports it (fp16 on older ones); bf16 on a CPU with bf16 dot-product instr
 which oneDNN's bf16 matmuls use: AMX tiles (Intel Xeon Sapphire Rapids and later; a SmolLM2
 trial at 1.79-2.13x its fp32 rate) or AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake;
 1.43-1.72x; BENCHMARKS.md); fp32 on other CPUs, where bf16 is emulated and slower. Mixed
-precision in every case: the weights stay fp32 and matmuls run in bf16/fp16 under autocast,
-as the Trainer does for `bf16=True`; losses are computed in fp32.
+precision in every case: LoRA's weights and optimizer state stay fp32 and matmuls run in
+bf16/fp16 under autocast, as the Trainer does for `bf16=True`; losses are computed in fp32.
+Where every trial of a CPU sweep computes in bf16, the frozen base's linear weights are
+shared already in bf16, the values autocast would cast them to (`tune.sweep`,
+`trainables.models.store_linear_weights_in`): the same numbers, less memory.
 """
 
 from __future__ import annotations

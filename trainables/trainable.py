@@ -93,10 +93,10 @@ def _train(config, settings, data, weights, callbacks) -> None:
     # Seeded before LoRA's random init, so trials differ only by their hyperparameters;
     # confirmation runs pass their own `seed`.
     set_seed(int(config.get("seed", train.seed)))
-    model = _lora_model(config, settings, weights)
     cuda = trial_uses_cuda()
     device = torch.cuda.get_device_name() if cuda else "CPU"
     precision = resolve_precision(train.precision, cuda)  # per trial: nodes may differ
+    model = _lora_model(config, settings, weights, precision)
     log.warning(
         "medtune trial: training on %s with %d torch threads in %s",
         device,
@@ -132,7 +132,17 @@ def _train(config, settings, data, weights, callbacks) -> None:
         trainer.train(resume_from_checkpoint=resume)
 
 
-def _lora_model(config: dict, settings: TrialSettings, weights: BaseWeights | None = None):
+def _lora_model(config: dict, settings: TrialSettings, weights: BaseWeights | None, precision: str):
+    if weights is not None and weights.compute not in ("fp32", precision):
+        # Linear weights stored for another precision's autocast would change this trial's
+        # numbers (a node that picks another format than the driver's); load them as saved.
+        log.warning(
+            "medtune trial: the shared base is stored for %s, this trial computes in %s; "
+            "loading it from disk",
+            weights.compute,
+            precision,
+        )
+        weights = None
     if weights is not None and settings.model.quantization == "none":
         # Zero-copy over the object store: only LoRA and its optimizer state are this trial's.
         model = model_from_weights(weights)

@@ -40,6 +40,7 @@ from trainables.data import (
 from trainables.data import load_records as read_records
 from trainables.evaluation import encode_decisions
 from trainables.models import BaseWeights, base_weights, load_tokenizer, prepare_model
+from trainables.precision import resolve_precision
 from trainables.trainable import TrialSettings, train_lora
 from tune.cluster import start_ray
 from tune.config import SweepConfig, check_more_trials, load_saved_config
@@ -72,6 +73,7 @@ __all__ = [
     "run_sweep",
     "saved_training_data",
     "shared_weights",
+    "shared_weights_format",
     "storage_location",
     "trial_settings",
 ]
@@ -276,7 +278,22 @@ def shared_weights(cfg: SweepConfig, model_path: str) -> BaseWeights | None:
     on the GPU) and remote-code models (their classes may not exist on other nodes)."""
     if cfg.model.quantization != "none" or cfg.model.trust_remote_code:
         return None
-    return base_weights(model_path)
+    return base_weights(model_path, compute=shared_weights_format(cfg))
+
+
+def shared_weights_format(cfg: SweepConfig) -> str:
+    """The precision the shared base's linear weights are stored for: "bf16" where every trial
+    computes in bf16 on CPU (`train.precision=bf16`, or `auto` on a sweep on this machine that
+    picks bf16 here), "fp32" otherwise. Same numbers, less memory per trial
+    (`trainables.models.store_linear_weights_in`); a trial on a node that picks another
+    format loads the base from disk. GPU trials keep the fp32 base: not yet measured on one."""
+    if cfg.resources.gpus_per_trial > 0:
+        return "fp32"
+    if cfg.train.precision == "bf16":
+        return "bf16"
+    if cfg.train.precision == "auto" and not cfg.ray.address:
+        return resolve_precision("auto", cuda=False)
+    return "fp32"
 
 
 def trial_resources(cfg: SweepConfig) -> dict[str, float]:

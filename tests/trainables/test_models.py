@@ -9,8 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from trainables.config import ModelConfig
+from trainables.loss import answer_token_loss
 from trainables.models import (
     ModelError,
+    base_weights,
     check_model,
     load_model,
     load_tokenizer,
@@ -61,6 +63,56 @@ def test_shared_weights_rebuild_the_model_around_the_same_memory(tiny_model_path
     ids = torch.arange(12).reshape(1, 12)
     with torch.no_grad():
         assert torch.equal(model(ids).logits, base.eval()(ids).logits)
+
+
+def _lora_step(weights, batch):
+    """A LoRA model over `weights`, one bf16-autocast forward and backward: loss and grads."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        model_from_weights(weights),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+    )
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # nonzero, so the gradients reach lora_A too
+            torch.nn.init.normal_(p, std=0.02)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = answer_token_loss(model, batch)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    return model, loss, grads
+
+
+def test_linear_weights_stored_for_bf16_give_the_same_numbers(tiny_model_path):
+    """The driver stores the base's linear weights in bf16 where trials compute in bf16: half
+    their bytes, and a trial computes exactly what it computed over fp32 weights, whose copies
+    autocast made at every step."""
+    fp32 = base_weights(tiny_model_path)
+    bf16 = base_weights(tiny_model_path, compute="bf16")
+    assert (fp32.compute, bf16.compute) == ("fp32", "bf16")
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    _, loss, grads = _lora_step(fp32, batch)
+    model, loss_bf16, grads_bf16 = _lora_step(bf16, batch)
+    assert torch.equal(loss_bf16, loss)
+    assert grads.keys() == grads_bf16.keys() and len(grads) == 8  # A and B, q and v, 2 layers
+    assert all(torch.equal(grads_bf16[k], grads[k]) for k in grads)
+
+    base = model.get_base_model()
+    dtypes = {n: p.dtype for n, p in base.named_parameters(remove_duplicate=False)}
+    linear = {
+        n for n in dtypes if n.endswith("proj.weight") or n.endswith("proj.base_layer.weight")
+    }
+    assert linear and all(dtypes[n] == torch.bfloat16 for n in linear)
+    # Norms, the embedding and the head tied to it stay fp32; LoRA's own weights are fp32.
+    assert all(dtypes[n] == torch.float32 for n in set(dtypes) - linear)
+    assert base.lm_head.weight is base.get_input_embeddings().weight
+    assert dtypes["model.norm.weight"] == dtypes["lm_head.weight"] == torch.float32
+    assert any("lora_A" in n for n in dtypes)
+    cast = [k for k, dtype in bf16.dtypes.items() if dtype == "bfloat16"]
+    assert len(cast) == 7 * 2  # q, k, v, o, gate, up, down in 2 layers
+    assert fp32.nbytes - bf16.nbytes == sum(fp32.arrays[k].nbytes for k in cast) // 2
 
 
 def test_lora_targets_per_architecture(tiny_model_path):

@@ -5,6 +5,7 @@ import os
 from unittest import mock
 
 import pytest
+import torch
 from peft import PeftModel
 from ray import tune as ray_tune
 from transformers import TrainerCallback
@@ -131,7 +132,7 @@ def _plasma_ranges() -> list[tuple[int, int]]:
 
 def _probe(config, *, settings, weights):
     """Build a trial's model as train_lora does and report where its tensors live."""
-    model = _lora_model(config, settings, weights)
+    model = _lora_model(config, settings, weights, "fp32")
     ranges = _plasma_ranges()
     base = [p for n, p in model.named_parameters() if "lora_" not in n]
     inside = sum(any(lo <= p.data_ptr() < hi for lo, hi in ranges) for p in base)
@@ -239,6 +240,22 @@ def test_a_trial_model_is_built_without_upstream_warnings(tiny_model_path, tiny_
     settings = _settings(tiny_model_path, tiny_tokenizer)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = _lora_model({"lora_r": 4}, settings)
+        model = _lora_model({"lora_r": 4}, settings, None, "fp32")
     assert isinstance(model, PeftModel)
     assert [str(w.message) for w in caught if "checkpointing" in str(w.message)] == []
+
+
+def test_a_trial_in_another_format_than_the_shared_base_loads_it_from_disk(
+    tiny_model_path, tiny_tokenizer
+):
+    """A node whose `train.precision=auto` picks fp32 while the driver stored the linear
+    weights for bf16 would train on rounded weights; it loads the base as saved instead."""
+    settings = _settings(tiny_model_path, tiny_tokenizer)
+    weights = base_weights(tiny_model_path, compute="bf16")
+
+    def dtypes(precision):
+        model = _lora_model({"lora_r": 4}, settings, weights, precision)
+        return {p.dtype for n, p in model.named_parameters() if "lora_" not in n}
+
+    assert dtypes("bf16") == {torch.bfloat16, torch.float32}  # the shared weights, as stored
+    assert dtypes("fp32") == {torch.float32}
