@@ -236,11 +236,11 @@ def store_linear_weights_in(model: PreTrainedModel, dtype: torch.dtype) -> None:
 
     Under autocast to `dtype`, each forward casts these fp32 weights to `dtype` (rounding to
     nearest, as `Tensor.to` does) and keeps the copies for the backward pass: private memory
-    in every trial, as large as half the fp32 base at the step's peak. Stored in `dtype`, the
-    same values are shared by every trial of a node and autocast leaves them as they are, so a
-    trial computes the same numbers (tests/trainables/test_models.py). Everything autocast runs
-    in fp32 stays fp32: norms, embeddings, and a head tied to the input embedding (which the
-    embedding lookup reads in fp32)."""
+    in every trial, half the bytes of the fp32 linear weights at the step's peak. Stored in
+    `dtype`, the same values are shared by every trial of a node and autocast leaves them as
+    they are, so a trial computes the same numbers (tests/trainables/test_models.py).
+    Everything autocast runs in fp32 stays fp32: norms, embeddings, and a head tied to the
+    input embedding (which the embedding lookup reads in fp32)."""
     embedding = model.get_input_embeddings().weight
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module.weight is not embedding:
