@@ -47,6 +47,7 @@ __all__ = [
     "base_weights",
     "cache_root",
     "check_model",
+    "linear_weights_seen_as_fp32",
     "load_model",
     "load_tokenizer",
     "lora_target_modules",
@@ -247,6 +248,29 @@ def store_linear_weights_in(model: PreTrainedModel, dtype: torch.dtype) -> None:
             module.weight.data = module.weight.data.to(dtype)
             if module.bias is not None:
                 module.bias.data = module.bias.data.to(dtype)
+
+
+@contextlib.contextmanager
+def linear_weights_seen_as_fp32(model: PreTrainedModel):
+    """Wrap `model` with LoRA inside this where its linear weights are bf16 or fp16.
+
+    PEFT creates each adapter in fp32, initializes it, casts it to its base layer's dtype and,
+    for training, back to fp32: over a bf16 base, LoRA A starts rounded to bf16. Meanwhile each
+    such `nn.Linear` weight is shown as an fp32 stand-in without memory (one zero expanded to
+    its shape), so the adapters keep the init they get over the fp32 base and a trial computes
+    the same numbers whichever format the base is shared in."""
+    swapped = []
+    for module in model.modules():
+        weight = module._parameters.get("weight") if isinstance(module, torch.nn.Linear) else None
+        if weight is not None and weight.dtype in (torch.bfloat16, torch.float16):
+            stand_in = torch.zeros(1, device=weight.device).expand(weight.shape)
+            module._parameters["weight"] = torch.nn.Parameter(stand_in, requires_grad=False)
+            swapped.append((module, weight))
+    try:
+        yield
+    finally:
+        for module, weight in swapped:
+            module._parameters["weight"] = weight
 
 
 def weights_of(model: PreTrainedModel) -> BaseWeights:

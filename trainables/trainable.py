@@ -37,6 +37,7 @@ from trainables.loss import answer_token_loss
 from trainables.memory import release_memory
 from trainables.models import (
     BaseWeights,
+    linear_weights_seen_as_fp32,
     load_model,
     lora_target_modules,
     model_from_weights,
@@ -163,7 +164,7 @@ def _lora_model(config: dict, settings: TrialSettings, weights: BaseWeights | No
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with silence_peft_deprecation():
+    with silence_peft_deprecation(), linear_weights_seen_as_fp32(model):
         return get_peft_model(model, lora)
 
 

@@ -245,6 +245,34 @@ def test_a_trial_model_is_built_without_upstream_warnings(tiny_model_path, tiny_
     assert [str(w.message) for w in caught if "checkpointing" in str(w.message)] == []
 
 
+def test_a_trial_over_the_base_shared_in_bf16_trains_as_over_fp32(
+    ray_2_cpus, tmp_path, tiny_model_path, tiny_tokenizer, data
+):
+    """The base's linear weights shared in bf16 (as a CPU sweep whose trials all compute in
+    bf16 shares them) give a bf16 trial the very losses it has over the fp32 base: every
+    report, bit for bit, including after the optimizer's steps (LoRA's init is not rounded)."""
+    settings = _settings(tiny_model_path, tiny_tokenizer)
+    settings = dataclasses.replace(
+        settings, train=settings.train.model_copy(update={"precision": "bf16"})
+    )
+    reports = {}
+    for compute in ("fp32", "bf16"):
+        tuner = ray_tune.Tuner(
+            ray_tune.with_parameters(
+                train_lora,
+                settings=settings,
+                data=data,
+                weights=base_weights(tiny_model_path, compute=compute),
+            ),
+            param_space={"learning_rate": 5e-3, "weight_decay": 0.01, "lora_r": 4},
+            run_config=ray_tune.RunConfig(storage_path=str(tmp_path), name=compute, verbose=0),
+        )
+        df = tuner.fit()[0].metrics_dataframe
+        reports[compute] = df[["step", "train_loss", "eval_loss"]].values.tolist()
+    assert len(reports["fp32"]) == 4
+    assert reports["bf16"] == reports["fp32"]
+
+
 def test_a_trial_in_another_format_than_the_shared_base_loads_it_from_disk(
     tiny_model_path, tiny_tokenizer
 ):
