@@ -39,6 +39,7 @@ from transformers.pytorch_utils import Conv1D
 
 from trainables.config import ModelConfig
 from trainables.errors import ModelError
+from trainables.precision import DTYPES
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -218,9 +219,6 @@ _AS_INT = {
 }
 
 
-_COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def base_weights(
     path: str, *, trust_remote_code: bool = False, compute: str = "fp32"
 ) -> BaseWeights:
@@ -228,7 +226,7 @@ def base_weights(
     weights stored in `compute`'s format where that is bf16 or fp16."""
     model = load_model(path, trust_remote_code=trust_remote_code)
     if compute != "fp32":
-        store_linear_weights_in(model, _COMPUTE_DTYPES[compute])
+        store_linear_weights_in(model, DTYPES[compute])
     return replace(weights_of(model), compute=compute)
 
 

@@ -18,9 +18,10 @@ import contextlib
 
 import torch
 
-__all__ = ["autocast", "cpu_multiplies_bf16", "resolve_precision"]
+__all__ = ["DTYPES", "autocast", "cpu_multiplies_bf16", "resolve_precision"]
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The torch dtype of each reduced precision: autocast computes in it, the shared base stores it.
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # torch's own CPU probes (private; one that is absent counts as no): AMX tiles, AVX512_BF16.
 _BF16_PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
 
@@ -45,4 +46,4 @@ def autocast(precision: str, device: str):
     none for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device, dtype=_DTYPES[precision])
+    return torch.autocast(device, dtype=DTYPES[precision])
