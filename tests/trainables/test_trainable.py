@@ -89,34 +89,63 @@ def test_failed_trial_resumes_from_its_checkpoint(
     assert result.metrics["step"] == 20
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def _trained(config, *, settings, data, weights):
+    """train_lora over the shared base stored for `config["store"]` (the format a sweep picks
+    with `tune.sweep.shared_weights_format`)."""
+    train_lora(config, settings=settings, data=data, weights=weights[config["store"]])
+
+
+@pytest.mark.parametrize("precision, stores", [("fp32", ["fp32"]), ("bf16", ["fp32", "bf16"])])
 def test_reported_loss_is_the_checkpoint_loss(
-    ray_2_cpus, tmp_path, tiny_model_path, tiny_tokenizer, data, precision
+    ray_2_cpus, tmp_path, tiny_model_path, tiny_tokenizer, data, precision, stores
 ):
+    """Each report's eval_loss is its checkpoint's. A bf16 trial also trains over the base's
+    linear weights shared in bf16 (as a CPU sweep whose trials all compute in bf16 shares
+    them): every report the same as over the fp32 base, bit for bit, including after the
+    optimizer's steps (LoRA's init is not rounded)."""
     settings = _settings(tiny_model_path, tiny_tokenizer)
     settings = dataclasses.replace(
         settings, train=settings.train.model_copy(update={"precision": precision})
     )
     tuner = ray_tune.Tuner(
         ray_tune.with_parameters(
-            train_lora,
+            _trained,
             settings=settings,
             data=data,
-            weights=base_weights(tiny_model_path),
+            weights={s: base_weights(tiny_model_path, compute=s) for s in stores},
         ),
-        param_space={"learning_rate": 5e-3, "weight_decay": 0.01, "lora_r": 4},
-        tune_config=ray_tune.TuneConfig(metric="eval_loss", mode="min", num_samples=1),
+        param_space={
+            "learning_rate": 5e-3,
+            "weight_decay": 0.01,
+            "lora_r": 4,
+            "store": ray_tune.grid_search(stores),
+        },
+        # One after the other in one trial process (about 5 CPU-s of imports fewer on the
+        # suite's 2 cores); train_lora seeds each trial, so reuse changes no number.
+        tune_config=ray_tune.TuneConfig(
+            metric="eval_loss", mode="min", max_concurrent_trials=1, reuse_actors=True
+        ),
         run_config=ray_tune.RunConfig(storage_path=str(tmp_path), name="plain", verbose=0),
     )
-    result = tuner.fit()[0]
-    df = result.metrics_dataframe
-    assert len(df) == 4
-    assert df["eval_loss"].iloc[-1] < df["eval_loss"].iloc[0]  # it learns
-    assert set(df["precision"]) == {precision}
-    model = PeftModel.from_pretrained(load_model(tiny_model_path), result.checkpoint.path)
-    with autocast(precision, "cpu"):  # the trial evaluates in the precision it trains in
-        loss = answer_loss(model, data["validation"], 8, tiny_tokenizer.pad_token_id)
-    assert loss == pytest.approx(result.metrics["eval_loss"], rel=1e-5)
+    results = {r.config["store"]: r for r in tuner.fit()}
+    assert sorted(results) == sorted(stores)
+    for result in results.values():
+        assert result.error is None
+        df = result.metrics_dataframe
+        assert len(df) == 4
+        assert df["eval_loss"].iloc[-1] < df["eval_loss"].iloc[0]  # it learns
+        assert set(df["precision"]) == {precision}
+        model = PeftModel.from_pretrained(load_model(tiny_model_path), result.checkpoint.path)
+        with autocast(precision, "cpu"):  # the trial evaluates in the precision it trains in
+            loss = answer_loss(model, data["validation"], 8, tiny_tokenizer.pad_token_id)
+        assert loss == pytest.approx(result.metrics["eval_loss"], rel=1e-5)
+    if "bf16" in results:
+        reports = {
+            s: r.metrics_dataframe[["step", "train_loss", "eval_loss"]].values.tolist()
+            for s, r in results.items()
+        }
+        assert len(reports["fp32"]) == 4
+        assert reports["bf16"] == reports["fp32"]
 
 
 def _plasma_ranges() -> list[tuple[int, int]]:
@@ -243,34 +272,6 @@ def test_a_trial_model_is_built_without_upstream_warnings(tiny_model_path, tiny_
         model = _lora_model({"lora_r": 4}, settings, None, "fp32")
     assert isinstance(model, PeftModel)
     assert [str(w.message) for w in caught if "checkpointing" in str(w.message)] == []
-
-
-def test_a_trial_over_the_base_shared_in_bf16_trains_as_over_fp32(
-    ray_2_cpus, tmp_path, tiny_model_path, tiny_tokenizer, data
-):
-    """The base's linear weights shared in bf16 (as a CPU sweep whose trials all compute in
-    bf16 shares them) give a bf16 trial the very losses it has over the fp32 base: every
-    report, bit for bit, including after the optimizer's steps (LoRA's init is not rounded)."""
-    settings = _settings(tiny_model_path, tiny_tokenizer)
-    settings = dataclasses.replace(
-        settings, train=settings.train.model_copy(update={"precision": "bf16"})
-    )
-    reports = {}
-    for compute in ("fp32", "bf16"):
-        tuner = ray_tune.Tuner(
-            ray_tune.with_parameters(
-                train_lora,
-                settings=settings,
-                data=data,
-                weights=base_weights(tiny_model_path, compute=compute),
-            ),
-            param_space={"learning_rate": 5e-3, "weight_decay": 0.01, "lora_r": 4},
-            run_config=ray_tune.RunConfig(storage_path=str(tmp_path), name=compute, verbose=0),
-        )
-        df = tuner.fit()[0].metrics_dataframe
-        reports[compute] = df[["step", "train_loss", "eval_loss"]].values.tolist()
-    assert len(reports["fp32"]) == 4
-    assert reports["bf16"] == reports["fp32"]
 
 
 def test_a_trial_in_another_format_than_the_shared_base_loads_it_from_disk(
