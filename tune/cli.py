@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -171,6 +172,7 @@ def _sweep(args, console: Console) -> int:
     _quiet_libraries()
     from tune.sweep import prepare_sweep, results_dir, resume_sweep, run_sweep
 
+    started = time.monotonic()
     if args.resume:
         cfg, summary = resume_sweep(args.resume, console, num_samples=more)
     else:
@@ -181,16 +183,30 @@ def _sweep(args, console: Console) -> int:
     best = summary["best"]
     if best is None or summary["errored"] == len(summary["trials"]):
         return _every_trial_failed(summary, out)
-    metric = summary["metric"]
+    metric, trials = summary["metric"], len(summary["trials"])
+    # What early stopping saved, and what the sweep cost: the two figures a user weighs.
+    budget = trials * cfg.train.max_steps
+    took = _duration(time.monotonic() - started) + (" this run" if args.resume else "")
     console.print(
-        f"\n[bold]Sweep done[/]: {len(summary['trials'])} trials, "
-        f"{summary['stopped_early']} stopped early, {summary['errored']} errored. "
+        f"\n[bold]Sweep done[/]: {trials} trials, "
+        f"{summary['stopped_early']} stopped early, {summary['errored']} errored; "
+        f"{summary['steps_trained']} of {budget} steps trained, {took}. "
         f"Best {metric} {best[f'best_{metric}']:.4f} (trial {best['trial_id']})."
     )
     if args.no_export:
         console.print(f"Export later with: medtune export {out}")
         return 0
     return _export(out, console, None)
+
+
+def _duration(seconds: float) -> str:
+    """`52 s`, `4 min 2 s`, `1 h 3 min`."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def _num_samples(override: str) -> int:

@@ -51,6 +51,9 @@ def test_asha_sweep_invariants(sweep):
         assert 1e-5 <= t["config"]["learning_rate"] <= 1e-3
         assert t["config"]["lora_r"] in (4, 8, 16, 32)
     assert "Sweep done" in stdout and "Exported to" in stdout
+    # The closing line shows what early stopping saved: the summary's steps of the budget.
+    steps = f"{summary['steps_trained']} of {SAMPLES * MAX_STEPS} steps trained"
+    assert f"{summary['stopped_early']} stopped early, 0 errored; {steps}, " in stdout
     assert "Ray dashboard: http://127.0.0.1:" in stdout
 
 
@@ -63,7 +66,8 @@ def test_each_event_is_one_line_in_a_piped_log(sweep):
     patterns = [
         rf"Sweep e2e: {SAMPLES} trials of tiny-random on demo \(\d+ train / \d+ validation "
         rf"examples\), asha scheduler, results in {re.escape(str(out))}",
-        rf"Sweep done: {SAMPLES} trials, \d+ stopped early, 0 errored\. "
+        rf"Sweep done: {SAMPLES} trials, \d+ stopped early, 0 errored; "
+        rf"\d+ of {SAMPLES * MAX_STEPS} steps trained, (\d+ min )?\d+ s\. "
         rf"Best eval_loss \d+\.\d{{4}} \({trial}\)\.",
         rf"Chosen: {trial} at step \d+ \(eval_loss \d+\.\d{{4}}\), checkpoint "
         rf"{re.escape(str(out))}/confirm/confirm_\w+/checkpoint_\d+",  # confirmation's winner

@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import random
+import re
 import signal
 import subprocess
 import tempfile
@@ -218,6 +219,9 @@ def test_killed_driver_several_times_then_resume(tmp_path, model_cache, drivers)
     print(f"\nfinal run done at {time.monotonic() - t0:5.1f} s", flush=True)
     assert final.returncode == 0, log[-3000:]
     assert f"Extending sweep killed to {SAMPLES + 1} trials" in log
+    # Every trial ran its budget (FIFO), counted once over the kills; the time is this run's.
+    budget = (SAMPLES + 1) * STEPS
+    assert re.search(rf"; {budget} of {budget} steps trained, (\d+ min )?\d+ s this run\.", log)
     assert f"num_samples: {SAMPLES + 1}" in (out / "medtune.yaml").read_text()
     summary = json.loads((out / "sweep_summary.json").read_text())
     assert len(summary["trials"]) == SAMPLES + 1
