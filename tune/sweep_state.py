@@ -104,6 +104,11 @@ class SweepState:
             out[t.status] += 1
         return out
 
+    @property
+    def steps_trained(self) -> int:
+        """Training steps the trials have run so far (a resumed trial's counted once)."""
+        return sum(t.last_step for t in self.trials)
+
     def best_trial(self) -> TrialState | None:
         scored = [t for t in self.trials if t.best(self.mode) is not None]
         if not scored:
@@ -116,6 +121,7 @@ class SweepState:
         data = asdict(self)
         best = self.best_trial()
         data["counts"] = self.counts
+        data["steps_trained"] = self.steps_trained
         data["best_trial_id"] = best.trial_id if best else None
         return data
 

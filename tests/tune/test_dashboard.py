@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tune.conftest import MEDTUNE, SAMPLES
+from tests.tune.conftest import MAX_STEPS, MEDTUNE, SAMPLES
 
 pytestmark = pytest.mark.slow
 
@@ -120,6 +120,9 @@ def test_dashboard_of_the_finished_sweep(sweep, page, tmp_path):
         stopped = sum(r["status"] == "stopped" for r in rows)
         assert stopped == summary["stopped_early"]
         assert sum(r["status"] == "completed" for r in rows) == SAMPLES - stopped
+        budget = SAMPLES * MAX_STEPS  # what ASHA saved, as `medtune sweep` prints it
+        steps = page.page.text_content("#steps-trained")
+        assert steps == f"{summary['steps_trained']} of {budget} steps trained"
         evaluations = {t["trial_id"]: t["evaluations"] for t in summary["trials"]}
         assert curve_points(page.page) == evaluations  # one point per evaluation, every trial
         parallel = page.page.locator('#chart-parallel-coordinates g[id^="trial-"]').count()
