@@ -126,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         for line in redact_text(str(e)).splitlines():
             print(f"medtune: error: {line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        # A sweep's first Ctrl-C stops it and saves its state (tune/interrupt.py); this is a
+        # second one, or one before the sweep started.
+        print("\nmedtune: interrupted", file=sys.stderr)
+        return 130
 
 
 def _dashboard(args, console: Console) -> int:
@@ -181,12 +188,14 @@ def _sweep(args, console: Console) -> int:
         summary = run_sweep(prep, console, overwrite=args.overwrite)
     out = args.resume.resolve() if args.resume else results_dir(cfg)
     best = summary["best"]
+    took = _duration(time.monotonic() - started) + (" this run" if args.resume else "")
+    if summary["interrupted"]:
+        return _interrupted(summary, out, cfg.search.num_samples, took, console)
     if best is None or summary["errored"] == len(summary["trials"]):
         return _every_trial_failed(summary, out)
     metric, trials = summary["metric"], len(summary["trials"])
     # What early stopping saved, and what the sweep cost: the two figures a user weighs.
     budget = trials * cfg.train.max_steps
-    took = _duration(time.monotonic() - started) + (" this run" if args.resume else "")
     console.print(
         f"\n[bold]Sweep done[/]: {trials} trials, "
         f"{summary['stopped_early']} stopped early, {summary['errored']} errored; "
@@ -218,6 +227,22 @@ def _num_samples(override: str) -> int:
             [f"search.num_samples: got {value!r}; give a whole number of trials >= 1"]
         )
     return int(value)
+
+
+def _interrupted(summary: dict, out: Path, num_samples: int, took: str, console) -> int:
+    """Exit 130 (as a shell reports Ctrl-C) with where the sweep stands; nothing exported."""
+    best, metric = summary["best"], summary["metric"]
+    so_far = (
+        f" Best so far {metric} {best[f'best_{metric}']:.4f} (trial {best['trial_id']})."
+        if best
+        else ""
+    )
+    console.print(
+        f"\n[bold]Sweep interrupted[/]: {num_samples - summary['unfinished']} of {num_samples} "
+        f"trials ended, {summary['unfinished']} unfinished; {summary['steps_trained']} steps "
+        f"trained, {took}.{so_far}\nNothing exported. Go on with: medtune sweep --resume {out}"
+    )
+    return 130
 
 
 def _every_trial_failed(summary: dict, out: Path) -> int:

@@ -74,6 +74,22 @@ def best_checkpoint(
     return download_checkpoint(checkpoint, open_storage(storage)[1], results), metrics
 
 
+def _check_finished(results: Path) -> None:
+    """Refuse a sweep that has not ended: its best trial so far is not the sweep's best."""
+    summary = results / "sweep_summary.json"
+    if not summary.is_file():
+        raise UserError(
+            f"{results}: the sweep has not finished (no sweep_summary.json); let it finish, or "
+            f"go on with `medtune sweep --resume {results}` if its driver was stopped"
+        )
+    data = json.loads(summary.read_text())
+    if data.get("interrupted"):
+        raise UserError(
+            f"{results}: the sweep was interrupted with {data.get('unfinished', '?')} trials "
+            f"unfinished; finish it with `medtune sweep --resume {results}`, then export"
+        )
+
+
 def export_best(results: Path, console: Console, *, out: Path | None = None) -> dict:
     """Score base and best model on the test split; write the export. Returns metrics."""
     results = results.resolve()
@@ -81,6 +97,7 @@ def export_best(results: Path, console: Console, *, out: Path | None = None) -> 
     out = (out or results / "export").resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"export destination {out} is a file; remove it or choose another")
+    _check_finished(results)
     storage = run_uri(cfg.run.storage, cfg.run.name) if is_uri(cfg.run.storage) else None
     confirmation = None
     if cfg.export.confirm_top_k > 0:

@@ -23,6 +23,7 @@ from pathlib import Path
 import optuna
 import yaml
 from ray import tune as ray_tune
+from ray.tune import ExperimentAnalysis
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
@@ -51,6 +52,7 @@ from tune.controller import (
 )
 from tune.data_report import data_summary, encode_splits
 from tune.errors import UserError
+from tune.interrupt import ctrl_c_stops_the_sweep
 from tune.progress import SweepProgress
 from tune.redact import redact, redact_text
 from tune.scheduler import ComparingASHA
@@ -200,7 +202,9 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
         f"{cfg.scheduler.name} scheduler, results in {out}"
         + (f" (checkpoints in {redact_text(location)})" if is_uri(location) else "")
     )
-    summary = _summarize(tuner.fit(), cfg)
+    with ctrl_c_stops_the_sweep(console, f"medtune sweep --resume {out}") as stop:
+        grid = tuner.fit()
+    summary = _summarize(grid, cfg, _unfinished(grid) if stop.requested else set())
     _write_summary(summary, out, location)
     return summary
 
@@ -359,7 +363,9 @@ def resume_sweep(
     )
     _renumber_progress(tuner, results, cfg)
     console.print(f"Resuming sweep [bold]{cfg.run.name}[/] from {redact_text(location)}")
-    summary = _summarize(tuner.fit(), cfg)
+    with ctrl_c_stops_the_sweep(console, f"medtune sweep --resume {results}") as stop:
+        grid = tuner.fit()
+    summary = _summarize(grid, cfg, _unfinished(grid) if stop.requested else set())
     _write_summary(summary, results, location)
     return cfg, summary
 
@@ -517,19 +523,35 @@ def _mlflow_callback(cfg: SweepConfig) -> list:
     ]
 
 
-def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
+def _unfinished(grid: ray_tune.ResultGrid) -> set[str]:
+    """Trials a stopped sweep had not ended, as the experiment state `--resume` reads has them.
+
+    Not the grid's own trials: once a stopped run has saved that state, Tune marks the trials
+    it stops TERMINATED in memory, as if they had finished."""
+    saved = ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem)
+    return {t.trial_id for t in saved.trials if t.status not in ("TERMINATED", "ERROR")}
+
+
+def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig, unfinished: set[str]) -> dict:
+    """The sweep's outcome. A trial is `completed` (trained to its budget or stopped by the
+    scheduler), `error`, or `unfinished`: the sweep was stopped (Ctrl-C) before it ended it,
+    and `medtune sweep --resume` goes on with it."""
     metric, mode = cfg.search.metric, cfg.search.mode
     trials = []
     for result in grid:
         df = result.metrics_dataframe
         has = df is not None and metric in df
+        # A trial that failed before its first report has no metrics, only its folder.
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix(
+            "trial_"
+        )
         trials.append(
             {
-                # A trial that failed before its first report has no metrics, only its folder.
-                "trial_id": (result.metrics or {}).get("trial_id")
-                or Path(result.path).name.removeprefix("trial_"),
+                "trial_id": trial_id,
                 "config": result.config,
-                "status": "error" if result.error else "completed",
+                "status": "error"
+                if result.error
+                else ("unfinished" if trial_id in unfinished else "completed"),
                 "error": _error_reason(result.error),
                 "evaluations": int(len(df)) if has else 0,
                 "last_step": int(df["step"].iloc[-1]) if has else 0,
@@ -545,11 +567,15 @@ def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig) -> dict:
     ok = [t for t in trials if t[f"best_{metric}"] is not None]
     pick = min if mode == "min" else max
     best = pick(ok, key=lambda t: t[f"best_{metric}"]) if ok else None
+    unfinished = sum(t["status"] == "unfinished" for t in trials)
     summary = {
         "name": cfg.run.name,
         "metric": metric,
         "mode": mode,
         "trials": trials,
+        # Stopped before every trial ended, or before the searcher had proposed them all.
+        "interrupted": unfinished > 0 or len(trials) < cfg.search.num_samples,
+        "unfinished": unfinished + max(0, cfg.search.num_samples - len(trials)),
         "errored": sum(t["status"] == "error" for t in trials),
         "stopped_early": sum(
             t["status"] == "completed" and t["last_step"] < cfg.train.max_steps for t in trials

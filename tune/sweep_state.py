@@ -36,6 +36,9 @@ _STATUS = {
     "ERROR": "errored",
 }
 
+# As the page lists them: live first, then ended, then the ones a resume would go on with.
+_ORDER = ("running", "waiting", "pending", "completed", "stopped", "unfinished", "errored")
+
 
 @dataclass
 class Evaluation:
@@ -93,13 +96,14 @@ class SweepState:
     space: dict  # the search space as saved (search_space.yaml)
     trials: list[TrialState]
     finished: bool  # sweep_summary.json written: the driver is done
+    interrupted: bool  # ... before every trial had ended (Ctrl-C): it can be resumed
     updated: float  # newest modification time among the files read
     export: dict | None = None  # export/metrics.json
     confirmation: dict | None = None  # confirm_summary.json
 
     @property
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(("running", "waiting", "pending", "completed", "stopped", "errored"), 0)
+        out = dict.fromkeys(_ORDER, 0)
         for t in self.trials:
             out[t.status] += 1
         return out
@@ -169,6 +173,13 @@ def read_sweep(folder: Path) -> SweepState:
         if trial_id not in seen:
             trials.append(TrialState(trial_id, _STATUS.get(status, "pending"), params))
     summary = folder / "sweep_summary.json"
+    outcome = _read_json(summary)
+    if outcome is not None:
+        # The driver is done: a trial Tune had not ended is unfinished, not running or due
+        # (the sweep was stopped; `medtune sweep --resume` goes on with it).
+        for trial in trials:
+            if trial.status in ("running", "waiting", "pending"):
+                trial.status = "unfinished"
     return SweepState(
         name=cfg.run.name,
         folder=str(folder),
@@ -183,7 +194,8 @@ def read_sweep(folder: Path) -> SweepState:
         rung_steps=[r * cfg.train.eval_every for r in rungs],
         space=_read_yaml(folder / "search_space.yaml") or {},
         trials=trials,
-        finished=summary.is_file(),
+        finished=outcome is not None,
+        interrupted=bool(outcome and outcome.get("interrupted")),
         updated=state_version(folder),
         export=_read_json(folder / "export" / "metrics.json"),
         confirmation=_read_json(folder / "confirm_summary.json"),

@@ -538,6 +538,11 @@ CASES = [
         ["export", "results/earlier", "--out", "results/earlier/sweep_summary.json"],
         ["sweep_summary.json is a file", "export destination", "choose another"],
     ),
+    (
+        "export-unfinished",  # its driver died (or still runs): no sweep_summary.json
+        ["export", "results/never-started"],
+        ["never-started: the sweep has not finished (no sweep_summary.json)", "--resume"],
+    ),
 ]
 
 

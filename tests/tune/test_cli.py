@@ -78,3 +78,17 @@ def test_a_sweep_s_time_is_shown_in_words(seconds, shown):
     from tune.cli import _duration
 
     assert _duration(seconds) == shown
+
+
+def test_a_second_ctrl_c_quits_with_130_and_no_traceback(monkeypatch, capsys):
+    # The first Ctrl-C of a running sweep stops it gracefully (tests/tune/test_interrupt.py);
+    # a second one, or one before Tune listens, arrives as KeyboardInterrupt.
+    import tune.cli
+
+    def interrupted(args, console):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune.cli, "_sweep", interrupted)
+    assert tune.cli.main(["sweep", *TINY]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "medtune: interrupted"

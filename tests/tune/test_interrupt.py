@@ -1,0 +1,104 @@
+"""Ctrl-C during `medtune sweep`: the sweep stops, says so at once and how to go on, exports
+nothing, and exits 130; its trials are `unfinished` (not "stopped early"), export refuses it,
+the dashboard shows it interrupted, and `medtune sweep --resume` trains every trial to its
+end. The signal goes to the driver's whole process group, as a terminal sends it."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tests.tune.conftest import MEDTUNE, kill_session
+from tune.dashboard import render_page
+from tune.errors import UserError
+from tune.export import export_best
+from tune.sweep_state import read_sweep
+
+pytestmark = pytest.mark.slow
+STEPS, EVERY, SAMPLES = 160, 20, 2
+ARGS = [
+    "model.name=tiny-random",
+    "data.max_records=120",
+    "scheduler.name=fifo",  # no trial ends early but by Ctrl-C
+    f"search.num_samples={SAMPLES}",
+    f"train.max_steps={STEPS}",
+    f"train.eval_every={EVERY}",
+    "train.per_device_batch_size=8",
+    "ray.dashboard=false",
+    "run.name=stopped",
+]
+
+
+def _medtune(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [MEDTUNE, *args],
+            cwd=cwd,
+            env=env,
+            start_new_session=True,  # its own process group, like a terminal's foreground job
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _first_evaluation(proc: subprocess.Popen, out: Path, log: Path) -> None:
+    deadline = time.monotonic() + 240
+    while not any(p.stat().st_size for p in out.glob("trial_*/progress.csv")):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no evaluation within 240 s"
+        time.sleep(0.1)
+
+
+def test_ctrl_c_stops_the_sweep_which_then_resumes(tmp_path, model_cache):
+    out = tmp_path / "results" / "stopped"
+    log = tmp_path / "sweep.log"
+    proc = _medtune(["sweep", *ARGS], tmp_path, log)
+    try:
+        _first_evaluation(proc, out, log)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        kill_session(proc.pid)
+    text = log.read_text()
+    assert f"Stopping the sweep; its state is saved for `medtune sweep --resume {out}`" in text
+    assert "Sweep interrupted: " in text and "Sweep done" not in text, text[-3000:]
+    assert f"Nothing exported. Go on with: medtune sweep --resume {out}" in text
+    assert "Traceback" not in text and "Trials did not complete" not in text, text[-3000:]
+    assert not (out / "export").exists()
+
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    assert summary["interrupted"] is True
+    statuses = [t["status"] for t in summary["trials"]]
+    assert "unfinished" in statuses and "error" not in statuses, summary
+    assert summary["unfinished"] == SAMPLES - statuses.count("completed")
+    assert summary["stopped_early"] == 0  # FIFO: none but Ctrl-C ended a trial early
+    assert all(t["last_step"] < STEPS for t in summary["trials"] if t["status"] == "unfinished")
+
+    with pytest.raises(UserError, match="was interrupted with .* unfinished.*--resume"):
+        export_best(out, Console(quiet=True))
+    state = read_sweep(out)
+    assert state.finished and state.interrupted
+    assert state.counts["unfinished"] == summary["unfinished"]
+    assert state.counts["running"] == state.counts["pending"] == 0
+    page = render_page(state, live=False, nonce="n", charts={})
+    assert '<span id="sweep-status">interrupted</span>' in page
+    assert f"go on with <code>medtune sweep --resume {out}</code>" in page
+    assert f"medtune export {out}" not in page  # export refuses it: no hint to run it
+
+    resumed = _medtune(["sweep", "--resume", str(out), "--no-export"], tmp_path, tmp_path / "r.log")
+    try:
+        assert resumed.wait(timeout=300) == 0, (tmp_path / "r.log").read_text()[-3000:]
+    finally:
+        kill_session(resumed.pid)
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    assert summary["interrupted"] is False and summary["unfinished"] == 0
+    assert [t["status"] for t in summary["trials"]] == ["completed"] * SAMPLES
+    assert all(t["last_step"] == STEPS for t in summary["trials"])
+    assert not read_sweep(out).interrupted

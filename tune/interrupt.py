@@ -1,0 +1,66 @@
+"""Ctrl-C during a sweep: stop it the way Tune stops on SIGUSR1, and say so at once.
+
+Tune's own SIGINT handler stops the run gracefully too (trials stop, the experiment state that
+`--resume` reads is saved one last time), but silently under medtune's quiet console, so a
+user saw nothing for seconds and then what looked like a finished sweep. medtune turns Tune's
+SIGINT handler off (`TUNE_DISABLE_SIGINT_HANDLER`, read when `Tuner.fit` starts), prints one
+line on the first Ctrl-C and passes it on as SIGUSR1, the stop signal Tune always listens to.
+A second Ctrl-C raises KeyboardInterrupt as usual: quit at once, state as last saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from rich.console import Console
+
+__all__ = ["StopRequest", "ctrl_c_stops_the_sweep"]
+
+# Where Tune logs "Trials did not complete" after a stop: medtune prints its own account.
+_TUNE_RUN_LOGGER = logging.getLogger("ray.tune.tune")
+
+
+@dataclass
+class StopRequest:
+    requested: bool = False  # Ctrl-C came while the sweep ran: it ended early
+
+
+@contextmanager
+def ctrl_c_stops_the_sweep(console: Console, resume_hint: str) -> Iterator[StopRequest]:
+    """Within the block, the first Ctrl-C prints a line and has Tune stop the sweep."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers can only be set from the main thread; Tune's stays on
+        return
+
+    def on_ctrl_c(signum, frame):
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one quits at once
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            raise KeyboardInterrupt  # Tune has not started listening yet: nothing to save
+        stop.requested = True
+        _TUNE_RUN_LOGGER.setLevel(logging.CRITICAL)
+        console.print(
+            f"\nStopping the sweep; its state is saved for `{resume_hint}` "
+            "(Ctrl-C again quits at once)"
+        )
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    before_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    before_level = _TUNE_RUN_LOGGER.level
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    before = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, before)
+        _TUNE_RUN_LOGGER.setLevel(before_level)
+        if before_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = before_env
