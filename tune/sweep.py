@@ -362,6 +362,9 @@ def resume_sweep(
         location, trainable=trainable, resume_unfinished=True, resume_errored=True
     )
     _renumber_progress(tuner, results, cfg)
+    # The summary of the run that stopped (or of the sweep being extended) is rewritten at the
+    # end; until then the dashboard shows the sweep running again, and export waits for it.
+    (results / "sweep_summary.json").unlink(missing_ok=True)
     console.print(f"Resuming sweep [bold]{cfg.run.name}[/] from {redact_text(location)}")
     with ctrl_c_stops_the_sweep(console, f"medtune sweep --resume {results}") as stop:
         grid = tuner.fit()

@@ -94,6 +94,11 @@ def test_ctrl_c_stops_the_sweep_which_then_resumes(tmp_path, model_cache):
 
     resumed = _medtune(["sweep", "--resume", str(out), "--no-export"], tmp_path, tmp_path / "r.log")
     try:
+        # While it runs, the stopped run's summary is gone: the dashboard shows it live again.
+        while (out / "sweep_summary.json").exists() and resumed.poll() is None:
+            time.sleep(0.05)
+        assert resumed.poll() is None, "the resumed sweep ended before its old summary went"
+        assert not read_sweep(out).finished
         assert resumed.wait(timeout=300) == 0, (tmp_path / "r.log").read_text()[-3000:]
     finally:
         kill_session(resumed.pid)
