@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_overrides_last(sys.argv[1:] if argv is None else argv))
     # Imported here so `medtune --help` and config typos answer before torch and Ray load.
     from tune.errors import USER_ERRORS
+    from tune.interrupt import Interrupted
 
     console = make_console()
     try:
@@ -126,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in redact_text(str(e)).splitlines():
             print(f"medtune: error: {line}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # Ctrl-C stopped a Tune run whose half is no use; it says why
+        console.print(f"\n{e}")
+        return 130
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -12,6 +12,7 @@ a second `medtune export` reuses them.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from tune.cluster import start_ray
 from tune.config import SweepConfig
 from tune.controller import kill_actors_that_never_started
 from tune.errors import UserError
+from tune.interrupt import Interrupted, ctrl_c_stops_tune
 from tune.progress import SweepProgress
 from tune.sweep import (
     saved_training_data,
@@ -83,6 +85,8 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
         trial_resources(cfg),
     )
     runs = len(candidates) * len(seeds)
+    # Runs of an export that was stopped (Ctrl-C) are no use: theirs is not the full budget.
+    shutil.rmtree(results / "confirm", ignore_errors=True)
     tuner = ray_tune.Tuner(
         trainable,
         param_space={
@@ -107,7 +111,14 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
             verbose=0,
         ),
     )
-    summary = _summarize(tuner.fit(), candidates, metric, results, mode)
+    with ctrl_c_stops_tune(console, "Stopping the confirmation runs; nothing is exported") as stop:
+        grid = tuner.fit()
+    if stop.requested:  # a mean over the runs that happened to end would pick blindly
+        raise Interrupted(
+            f"Export stopped during the confirmation runs; nothing exported. `medtune export "
+            f"{results}` runs them again."
+        )
+    summary = _summarize(grid, candidates, metric, results, mode)
     cached.write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -1,4 +1,5 @@
-"""Ctrl-C during a sweep: stop it the way Tune stops on SIGUSR1, and say so at once.
+"""Ctrl-C during a Tune run (a sweep, export's confirmation runs): stop it the way Tune
+stops on SIGUSR1, and say so at once.
 
 Tune's own SIGINT handler stops the run gracefully too (trials stop, the experiment state that
 `--resume` reads is saved one last time), but silently under medtune's quiet console, so a
@@ -20,10 +21,14 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-__all__ = ["StopRequest", "ctrl_c_stops_the_sweep"]
+__all__ = ["Interrupted", "StopRequest", "ctrl_c_stops_tune"]
 
 # Where Tune logs "Trials did not complete" after a stop: medtune prints its own account.
 _TUNE_RUN_LOGGER = logging.getLogger("ray.tune.tune")
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped work that is no use half done; the CLI prints this and exits 130."""
 
 
 @dataclass
@@ -32,8 +37,8 @@ class StopRequest:
 
 
 @contextmanager
-def ctrl_c_stops_the_sweep(console: Console, resume_hint: str) -> Iterator[StopRequest]:
-    """Within the block, the first Ctrl-C prints a line and has Tune stop the sweep."""
+def ctrl_c_stops_tune(console: Console, stopping: str) -> Iterator[StopRequest]:
+    """Within the block, the first Ctrl-C prints `stopping` and has Tune stop its run."""
     stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop  # signal handlers can only be set from the main thread; Tune's stays on
@@ -45,10 +50,7 @@ def ctrl_c_stops_the_sweep(console: Console, resume_hint: str) -> Iterator[StopR
             raise KeyboardInterrupt  # Tune has not started listening yet: nothing to save
         stop.requested = True
         _TUNE_RUN_LOGGER.setLevel(logging.CRITICAL)
-        console.print(
-            f"\nStopping the sweep; its state is saved for `{resume_hint}` "
-            "(Ctrl-C again quits at once)"
-        )
+        console.print(f"\n{stopping} (Ctrl-C again quits at once)")
         os.kill(os.getpid(), signal.SIGUSR1)
 
     before_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")

@@ -52,7 +52,7 @@ from tune.controller import (
 )
 from tune.data_report import data_summary, encode_splits
 from tune.errors import UserError
-from tune.interrupt import ctrl_c_stops_the_sweep
+from tune.interrupt import ctrl_c_stops_tune
 from tune.progress import SweepProgress
 from tune.redact import redact, redact_text
 from tune.scheduler import ComparingASHA
@@ -66,6 +66,7 @@ from tune.storage import (
     run_uri,
     upload,
 )
+from tune.sweep_state import tune_statuses
 
 __all__ = [
     "PreparedSweep",
@@ -202,7 +203,8 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
         f"{cfg.scheduler.name} scheduler, results in {out}"
         + (f" (checkpoints in {redact_text(location)})" if is_uri(location) else "")
     )
-    with ctrl_c_stops_the_sweep(console, f"medtune sweep --resume {out}") as stop:
+    stopping = f"Stopping the sweep; its state is saved for `medtune sweep --resume {out}`"
+    with ctrl_c_stops_tune(console, stopping) as stop:
         grid = tuner.fit()
     summary = _summarize(grid, cfg, _unfinished(grid) if stop.requested else set())
     _write_summary(summary, out, location)
@@ -366,7 +368,8 @@ def resume_sweep(
     # end; until then the dashboard shows the sweep running again, and export waits for it.
     (results / "sweep_summary.json").unlink(missing_ok=True)
     console.print(f"Resuming sweep [bold]{cfg.run.name}[/] from {redact_text(location)}")
-    with ctrl_c_stops_the_sweep(console, f"medtune sweep --resume {results}") as stop:
+    stopping = f"Stopping the sweep; its state is saved for `medtune sweep --resume {results}`"
+    with ctrl_c_stops_tune(console, stopping) as stop:
         grid = tuner.fit()
     summary = _summarize(grid, cfg, _unfinished(grid) if stop.requested else set())
     _write_summary(summary, results, location)
@@ -374,13 +377,18 @@ def resume_sweep(
 
 
 def _renumber_progress(tuner: ray_tune.Tuner, results: Path, cfg: SweepConfig) -> None:
-    """The progress lines come from the callback pickled when the sweep started: count the
-    trials already there and the current budget, so new trials print as "trial 5/8"."""
+    """The progress lines come from the callback pickled when the sweep started: the trials
+    already there keep their numbers (in the order Tune created them: a restored one prints
+    as "trial 2/8 resumes from step 150"), new ones count on ("trial 5/8")."""
     local = getattr(tuner, "_local_tuner", None)  # None when driving Ray through ray://
+    created = list(tune_statuses(results))
     for callback in local.get_run_config().callbacks or [] if local else []:
         if isinstance(callback, SweepProgress):
             callback.num_samples = cfg.search.num_samples
-            callback.started = max(callback.started, len(list(results.glob("trial_*"))))
+            callback.numbers = {trial_id: n for n, trial_id in enumerate(created, 1)}
+            callback.started = max(
+                callback.started, len(created), len(list(results.glob("trial_*")))
+            )
 
 
 def _extend(results: Path, location: str, cfg: SweepConfig, num_samples: int) -> SweepConfig:

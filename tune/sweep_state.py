@@ -25,7 +25,15 @@ import yaml
 from tune.config import SweepConfig, load_saved_config
 from tune.errors import UserError
 
-__all__ = ["Evaluation", "SweepState", "TrialState", "asha_rungs", "read_sweep", "state_version"]
+__all__ = [
+    "Evaluation",
+    "SweepState",
+    "TrialState",
+    "asha_rungs",
+    "read_sweep",
+    "state_version",
+    "tune_statuses",
+]
 
 # Ray's trial statuses, as the dashboard names them.
 _STATUS = {
@@ -158,7 +166,7 @@ def read_sweep(folder: Path) -> SweepState:
         if cfg.scheduler.name == "asha"
         else []
     )
-    statuses = _tune_statuses(folder)
+    statuses = tune_statuses(folder)
     trials = []
     for trial_dir in sorted(folder.glob("trial_*")):
         trial = _read_trial(trial_dir, cfg, statuses)
@@ -228,8 +236,9 @@ def state_version(folder: Path) -> float:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _tune_statuses(folder: Path) -> dict[str, tuple[str, dict]]:
-    """{trial_id: (Ray status, config)} from the newest experiment state, if readable."""
+def tune_statuses(folder: Path) -> dict[str, tuple[str, dict]]:
+    """{trial_id: (Ray status, config)} from the newest experiment state, if readable, in the
+    order Tune created the trials."""
     states = sorted(folder.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
     if not states:
         return {}

@@ -1,10 +1,13 @@
 """Ctrl-C during `medtune sweep`: the sweep stops, says so at once and how to go on, exports
-nothing, and exits 130; its trials are `unfinished` (not "stopped early"), export refuses it,
-the dashboard shows it interrupted, and `medtune sweep --resume` trains every trial to its
-end. The signal goes to the driver's whole process group, as a terminal sends it."""
+nothing, and exits 130; its trial is `unfinished` (not "stopped early"), export refuses it,
+the dashboard shows it interrupted, and `medtune sweep --resume` trains it to its end. Ctrl-C
+during that resume's export (the confirmation runs) stops the export: exit 130, nothing
+exported, no confirmation kept to be reused. The signal goes to the driver's whole process
+group, as a terminal sends it. One trial (one trial process per run: each costs ~5 CPU-s)."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -20,7 +23,7 @@ from tune.export import export_best
 from tune.sweep_state import read_sweep
 
 pytestmark = pytest.mark.slow
-STEPS, EVERY, SAMPLES = 160, 20, 2
+STEPS, EVERY, SAMPLES = 160, 20, 1
 ARGS = [
     "model.name=tiny-random",
     "data.max_records=120",
@@ -30,6 +33,8 @@ ARGS = [
     f"train.eval_every={EVERY}",
     "train.per_device_batch_size=8",
     "ray.dashboard=false",
+    "export.confirm_top_k=1",
+    "export.confirm_seeds=1",
     "run.name=stopped",
 ]
 
@@ -48,15 +53,15 @@ def _medtune(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
         )
 
 
-def _first_evaluation(proc: subprocess.Popen, out: Path, log: Path) -> None:
+def _first_evaluation(proc: subprocess.Popen, out: Path, log: Path, trials="trial_*") -> None:
     deadline = time.monotonic() + 240
-    while not any(p.stat().st_size for p in out.glob("trial_*/progress.csv")):
+    while not any(p.stat().st_size for p in out.glob(f"{trials}/progress.csv")):
         assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, "no evaluation within 240 s"
         time.sleep(0.1)
 
 
-def test_ctrl_c_stops_the_sweep_which_then_resumes(tmp_path, model_cache):
+def test_ctrl_c_stops_the_sweep_which_resumes_and_then_its_export(tmp_path, model_cache):
     out = tmp_path / "results" / "stopped"
     log = tmp_path / "sweep.log"
     proc = _medtune(["sweep", *ARGS], tmp_path, log)
@@ -92,16 +97,32 @@ def test_ctrl_c_stops_the_sweep_which_then_resumes(tmp_path, model_cache):
     assert f"go on with <code>medtune sweep --resume {out}</code>" in page
     assert f"medtune export {out}" not in page  # export refuses it: no hint to run it
 
-    resumed = _medtune(["sweep", "--resume", str(out), "--no-export"], tmp_path, tmp_path / "r.log")
+    log = tmp_path / "resumed.log"
+    resumed = _medtune(["sweep", "--resume", str(out)], tmp_path, log)
     try:
         # While it runs, the stopped run's summary is gone: the dashboard shows it live again.
         while (out / "sweep_summary.json").exists() and resumed.poll() is None:
             time.sleep(0.05)
         assert resumed.poll() is None, "the resumed sweep ended before its old summary went"
         assert not read_sweep(out).finished
-        assert resumed.wait(timeout=300) == 0, (tmp_path / "r.log").read_text()[-3000:]
+        # Its export retrains the best configuration (export.confirm_top_k=1): stopped there.
+        _first_evaluation(resumed, out, log, trials="confirm/confirm_*")
+        os.killpg(resumed.pid, signal.SIGINT)
+        assert resumed.wait(timeout=120) == 130, log.read_text()[-3000:]
     finally:
         kill_session(resumed.pid)
+    text = log.read_text()
+    # The restored trial keeps its number (the callback was pickled before it started).
+    assert re.search(r"▶ trial 1/1 resumes from step [1-9]\d*\n", text), text[:2000]
+    assert "trial 2/1" not in text
+    assert "Sweep done: 1 trials, 0 stopped early, 0 errored" in text, text[-3000:]
+    assert "Stopping the confirmation runs; nothing is exported (Ctrl-C again quits" in text
+    assert (
+        f"Export stopped during the confirmation runs; nothing exported. `medtune export {out}` "
+        "runs them again." in text
+    )
+    assert "Traceback" not in text, text[-3000:]
+    assert not (out / "export").exists() and not (out / "confirm_summary.json").exists()
     summary = json.loads((out / "sweep_summary.json").read_text())
     assert summary["interrupted"] is False and summary["unfinished"] == 0
     assert [t["status"] for t in summary["trials"]] == ["completed"] * SAMPLES
