@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("dashboard", "report"):
             return _dashboard(args, console)
         if args.command in ("generate", "serve"):
+            from tune.export_layout import check_export
+
+            check_export(args.model_dir)  # a wrong folder is refused before torch loads
             _quiet_libraries()
             if args.command == "generate":
                 from tune.generate import run_generate

@@ -36,13 +36,13 @@ from tune.config import SweepConfig, load_saved_config
 from tune.confirm import run_confirmation
 from tune.data_report import encode_splits
 from tune.errors import UserError
+from tune.export_layout import PROMPT_FILE
 from tune.model_card import write_model_card
 from tune.storage import download_checkpoint, is_uri, open_storage, run_uri
 
 __all__ = ["MANIFEST", "PROMPT_FILE", "best_checkpoint", "export_best"]
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-PROMPT_FILE = "medtune_prompt.json"
 MANIFEST = "checksums.sha256"
 
 

@@ -16,8 +16,7 @@ from rich.console import Console
 from trainables.data import Record
 from trainables.evaluation import generate_answers
 from trainables.models import load_model, load_tokenizer
-from tune.errors import UserError
-from tune.export import PROMPT_FILE
+from tune.export_layout import PROMPT_FILE, check_export
 
 __all__ = ["ExportedModel", "run_generate"]
 
@@ -27,12 +26,8 @@ class ExportedModel:
 
     def __init__(self, model_dir: Path):
         model_dir = Path(model_dir)
+        check_export(model_dir)
         meta = model_dir / PROMPT_FILE
-        if not (model_dir / "config.json").is_file() or not meta.is_file():
-            raise UserError(
-                f"{model_dir}: not a medtune export (needs config.json and {PROMPT_FILE}); "
-                "give the folder `medtune export` wrote, e.g. results/<name>/export"
-            )
         self.name = model_dir.name
         self.prompt = json.loads(meta.read_text())
         self.tokenizer = load_tokenizer(str(model_dir))

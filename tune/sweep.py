@@ -206,7 +206,7 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
     stopping = f"Stopping the sweep; its state is saved for `medtune sweep --resume {out}`"
     with ctrl_c_stops_tune(console, stopping) as stop:
         grid = tuner.fit()
-    summary = _summarize(grid, cfg, _unfinished(grid) if stop.requested else set())
+    summary = _summarize(grid, cfg, _unfinished(grid) if stop.requested else None)
     _write_summary(summary, out, location)
     return summary
 
@@ -371,7 +371,7 @@ def resume_sweep(
     stopping = f"Stopping the sweep; its state is saved for `medtune sweep --resume {results}`"
     with ctrl_c_stops_tune(console, stopping) as stop:
         grid = tuner.fit()
-    summary = _summarize(grid, cfg, _unfinished(grid) if stop.requested else set())
+    summary = _summarize(grid, cfg, _unfinished(grid) if stop.requested else None)
     _write_summary(summary, results, location)
     return cfg, summary
 
@@ -543,11 +543,14 @@ def _unfinished(grid: ray_tune.ResultGrid) -> set[str]:
     return {t.trial_id for t in saved.trials if t.status not in ("TERMINATED", "ERROR")}
 
 
-def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig, unfinished: set[str]) -> dict:
+def _summarize(
+    grid: ray_tune.ResultGrid, cfg: SweepConfig, unfinished: set[str] | None = None
+) -> dict:
     """The sweep's outcome. A trial is `completed` (trained to its budget or stopped by the
-    scheduler), `error`, or `unfinished`: the sweep was stopped (Ctrl-C) before it ended it,
-    and `medtune sweep --resume` goes on with it."""
+    scheduler), `error`, or `unfinished`: the sweep was stopped (Ctrl-C; `unfinished` then
+    holds the trials it had not ended) and `medtune sweep --resume` goes on with it."""
     metric, mode = cfg.search.metric, cfg.search.mode
+    stopped, unfinished = unfinished is not None, unfinished or set()
     trials = []
     for result in grid:
         df = result.metrics_dataframe
@@ -578,15 +581,16 @@ def _summarize(grid: ray_tune.ResultGrid, cfg: SweepConfig, unfinished: set[str]
     ok = [t for t in trials if t[f"best_{metric}"] is not None]
     pick = min if mode == "min" else max
     best = pick(ok, key=lambda t: t[f"best_{metric}"]) if ok else None
-    unfinished = sum(t["status"] == "unfinished" for t in trials)
+    # Stopped before every trial had ended, or before the searcher had proposed them all.
+    left = sum(t["status"] == "unfinished" for t in trials)
+    left += max(0, cfg.search.num_samples - len(trials)) if stopped else 0
     summary = {
         "name": cfg.run.name,
         "metric": metric,
         "mode": mode,
         "trials": trials,
-        # Stopped before every trial ended, or before the searcher had proposed them all.
-        "interrupted": unfinished > 0 or len(trials) < cfg.search.num_samples,
-        "unfinished": unfinished + max(0, cfg.search.num_samples - len(trials)),
+        "interrupted": left > 0,
+        "unfinished": left,
         "errored": sum(t["status"] == "error" for t in trials),
         "stopped_early": sum(
             t["status"] == "completed" and t["last_step"] < cfg.train.max_steps for t in trials
