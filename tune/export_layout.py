@@ -1,13 +1,15 @@
-"""What an export folder must hold to be loaded: light (no torch), so `medtune generate` and
-`medtune serve` refuse a wrong folder in a fraction of a second, before torch and Ray load."""
+"""What export needs of a results folder and what an export folder must hold: light (no
+torch), so `medtune export`, `generate` and `serve` refuse a wrong folder in a fraction of a
+second, before torch and Ray load."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tune.errors import UserError
 
-__all__ = ["PROMPT_FILE", "check_export"]
+__all__ = ["PROMPT_FILE", "check_export", "check_sweep_finished"]
 
 PROMPT_FILE = "medtune_prompt.json"  # the prompt template and system prompt it was trained with
 
@@ -19,4 +21,20 @@ def check_export(model_dir: Path) -> None:
         raise UserError(
             f"{model_dir}: not a medtune export (needs config.json and {PROMPT_FILE}); "
             "give the folder `medtune export` wrote, e.g. results/<name>/export"
+        )
+
+
+def check_sweep_finished(results: Path) -> None:
+    """Refuse a sweep that has not ended: its best trial so far is not the sweep's best."""
+    summary = results / "sweep_summary.json"
+    if not summary.is_file():
+        raise UserError(
+            f"{results}: the sweep has not finished (no sweep_summary.json); let it finish, or "
+            f"go on with `medtune sweep --resume {results}` if its driver was stopped"
+        )
+    data = json.loads(summary.read_text())
+    if data.get("interrupted"):
+        raise UserError(
+            f"{results}: the sweep was interrupted with {data.get('unfinished', '?')} trials "
+            f"unfinished; finish it with `medtune sweep --resume {results}`, then export"
         )

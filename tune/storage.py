@@ -21,6 +21,7 @@ import pyarrow
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
+from tune.config import URI_SCHEMES, is_uri
 from tune.errors import UserError
 from tune.redact import redact_text
 
@@ -36,13 +37,6 @@ __all__ = [
     "run_uri",
     "upload",
 ]
-
-# pyarrow's filesystems (Ray's storage layer): cloud stores and HDFS.
-URI_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
-
-
-def is_uri(storage: str) -> bool:
-    return "://" in storage
 
 
 def run_uri(storage: str, name: str) -> str:
