@@ -466,13 +466,16 @@ def test_hub_offline_is_a_quick_clear_error():
 # -- config ----------------------------------------------------------------------------------
 
 
-def test_source_specific_keys_need_their_source():
+def test_source_specific_keys_need_their_source(tmp_path):
+    # Paths that exist: a config naming a missing data.path is refused for that too.
+    (tmp_path / "x.csv").touch()
+    x, x_csv = tmp_path, tmp_path / "x.csv"
     with pytest.raises(ConfigError) as info:
-        load_config(None, ["data.source=table", "data.path=x.csv", "data.fold=1"])
+        load_config(None, ["data.source=table", f"data.path={x_csv}", "data.fold=1"])
     assert "data.fold: got 1; only data.source=pubmedqa reads it, and data.source is table" in str(
         info.value
     )
     with pytest.raises(ConfigError, match=r"data.question_field: got 'Q'; only data.source=table"):
-        load_config(None, ["data.source=medquad", "data.path=x", "data.question_field=Q"])
-    cfg = load_config(None, ["data.source=pubmedqa", "data.path=x", "data.task=decision"])
+        load_config(None, ["data.source=medquad", f"data.path={x}", "data.question_field=Q"])
+    cfg = load_config(None, ["data.source=pubmedqa", f"data.path={x}", "data.task=decision"])
     assert cfg.data.task == "decision"
