@@ -56,8 +56,8 @@ test: install browser
 	# 3 workers on 2 cores, whole files each, longest first (tests/conftest.py; xdist would
 	# otherwise order files by their number of tests and leave the longest for last). The 2
 	# cores are busy throughout (94% on average): more workers would not help, less work would
-	# (pytest 371.24-478.42 s in clean clones, 2026-11-30 and 12-01, as fast as the machine
-	# was; BENCHMARKS.md, sixteenth to eighteenth sessions).
+	# (pytest 371.24-510.10 s in clean clones, 2026-11-30 and 12-01, as fast as the machine
+	# was; BENCHMARKS.md, sixteenth to nineteenth sessions).
 	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15
 
 # The CUDA tests alone (GPU fractions, bf16/fp16, 4-bit QLoRA through export); `make test`

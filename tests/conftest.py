@@ -35,6 +35,7 @@ LONGEST_FIRST = [
     "tests/tune/test_serve.py",  # 71, with the wait for the shared sweep
     "tests/tune/test_cluster.py",  # 57-102: one test
     "tests/trainables/test_models.py",  # 34: 10 tests
+    "tests/tune/test_interrupt.py",  # 61-67: one test (nineteenth session)
     "tests/tune/test_resume_order.py",  # 56
     "tests/benchmarks/test_bench.py",  # 56
     "tests/tune/test_e2e.py",  # 43
