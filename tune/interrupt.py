@@ -33,7 +33,7 @@ class Interrupted(Exception):
 
 @dataclass
 class StopRequest:
-    requested: bool = False  # Ctrl-C came while the sweep ran: it ended early
+    requested: bool = False  # Ctrl-C came while Tune ran: its run ended early
 
 
 @contextmanager
