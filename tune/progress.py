@@ -52,13 +52,15 @@ class SweepProgress(Callback):
         return f"trial {self.numbers.get(trial.trial_id, '?')}/{self.num_samples}"
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.numbers:  # a paused trial promoted, or a restored sweep
+        step = (trial.last_result or {}).get("step", 0)
+        if trial.trial_id in self.numbers and step:  # a paused one promoted, or restored
             self.waiting.discard(trial.trial_id)
-            step = (trial.last_result or {}).get("step", 0)
             self.console.print(f"[bold]▶ {self._name(trial)}[/] resumes from step {step}")
             return
-        self.started += 1
-        self.numbers[trial.trial_id] = self.started
+        if trial.trial_id not in self.numbers:
+            self.started += 1
+            self.numbers[trial.trial_id] = self.started
+        # New, or restored before its first report (a resumed sweep): it starts afresh.
         self.console.print(f"[bold]▶ {self._name(trial)}[/] {format_params(trial.config)}")
 
     def on_step_end(self, iteration, trials, **info):
