@@ -24,7 +24,12 @@ import optuna
 import yaml
 from ray import tune as ray_tune
 from ray.tune import ExperimentAnalysis
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import (
+    ASHAScheduler,
+    AsyncHyperBandScheduler,
+    FIFOScheduler,
+    TrialScheduler,
+)
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 from rich.markup import escape
@@ -66,12 +71,13 @@ from tune.storage import (
     run_uri,
     upload,
 )
-from tune.sweep_state import tune_statuses
+from tune.sweep_state import read_sweep, tune_statuses
 
 __all__ = [
     "PreparedSweep",
     "prepare_sweep",
     "results_dir",
+    "restore_rungs",
     "resume_sweep",
     "run_sweep",
     "saved_training_data",
@@ -364,6 +370,10 @@ def resume_sweep(
         location, trainable=trainable, resume_unfinished=True, resume_errored=True
     )
     _renumber_progress(tuner, results, cfg)
+    local = getattr(tuner, "_local_tuner", None)  # None when driving Ray through ray://
+    if local is not None:
+        reported = {t.trial_id: t.history for t in read_sweep(results).trials}
+        restore_rungs(local._tune_config.scheduler, reported, cfg)
     # The summary of the run that stopped (or of the sweep being extended) is rewritten at the
     # end; until then the dashboard shows the sweep running again, and export waits for it.
     (results / "sweep_summary.json").unlink(missing_ok=True)
@@ -389,6 +399,25 @@ def _renumber_progress(tuner: ray_tune.Tuner, results: Path, cfg: SweepConfig) -
             callback.started = max(
                 callback.started, len(created), len(list(results.glob("trial_*")))
             )
+
+
+def restore_rungs(scheduler, reported: dict[str, list], cfg: SweepConfig) -> None:
+    """Refill a restored sweep's ASHA rungs with what each trial reported at them.
+
+    Tune saves no scheduler state: on `--resume` ASHA starts with empty rungs, so a restored
+    trial's next result was recorded, and decided, at the highest rung it had already passed,
+    with that later step's value, and new trials were compared against nothing. `reported`:
+    each trial's evaluations (`SweepState` history: step and metric value)."""
+    if not isinstance(scheduler, AsyncHyperBandScheduler):
+        return  # FIFO: nothing to restore
+    op = -1.0 if cfg.search.mode == "min" else 1.0  # Ray records metric_op * value
+    for bracket in scheduler._brackets:  # one, as medtune builds it
+        for milestone, recorded in bracket._rungs:
+            step = int(milestone) * cfg.train.eval_every  # one evaluation per iteration
+            for trial_id, history in reported.items():
+                at = [e.value for e in history if e.step == step]
+                if at:
+                    recorded[trial_id] = op * at[-1]
 
 
 def _extend(results: Path, location: str, cfg: SweepConfig, num_samples: int) -> SweepConfig:

@@ -207,3 +207,37 @@ def test_a_medtune_trial_paused_to_be_compared_resumes_exactly(tmp_path, model_c
     statuses = {t.trial_id: t.status for t in sweep.trials}
     assert statuses[trial["trial_id"]] == "waiting"
     assert sweep.counts["waiting"] == 1
+
+
+def test_a_resumed_sweep_s_asha_rungs_hold_what_the_trials_reported_there():
+    """Tune saves no scheduler state. Without the rungs refilled, trial b (restored after its
+    step-20 evaluation, rung 2) paused at step 30 as if that were rung 2's result; with them,
+    it goes on, and a new trial is stopped below the cutoff its rung already holds."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from tune.config import load_config
+    from tune.sweep import _scheduler, restore_rungs
+    from tune.sweep_state import Evaluation
+
+    cfg = load_config(None, ["model.name=tiny-random", "train.max_steps=40", "train.eval_every=10"])
+    scheduler = _scheduler(cfg)  # ComparingASHA, rungs at 1 and 2 evaluations (steps 10, 20)
+    scheduler.set_search_properties(cfg.search.metric, cfg.search.mode)  # as Tune does
+
+    def history(*losses):
+        return [Evaluation(10 * (i + 1), v, None, None, 0.0) for i, v in enumerate(losses)]
+
+    restore_rungs(scheduler, {"a": history(2.9), "b": history(2.7, 2.6), "c": history(2.8)}, cfg)
+    rungs = dict(scheduler._brackets[0]._rungs)
+    assert rungs == {4: {}, 2: {"b": -2.6}, 1: {"a": -2.9, "b": -2.7, "c": -2.8}}
+
+    controller = SimpleNamespace(get_trials=lambda: [])
+    b = SimpleNamespace(trial_id="b", status="RUNNING", last_result={})
+    scheduler.on_trial_add(controller, b)
+    result = {"training_iteration": 3, "eval_loss": 2.55}
+    assert scheduler.on_trial_result(controller, b, result) == TrialScheduler.CONTINUE
+    d = SimpleNamespace(trial_id="d", status="RUNNING", last_result={})
+    scheduler.on_trial_add(controller, d)
+    result = {"training_iteration": 1, "eval_loss": 2.95}  # worse than rung 1's median
+    assert scheduler.on_trial_result(controller, d, result) == TrialScheduler.STOP
