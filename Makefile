@@ -56,7 +56,7 @@ test: install browser
 	# 3 workers on 2 cores, whole files each, longest first (tests/conftest.py; xdist would
 	# otherwise order files by their number of tests and leave the longest for last). The 2
 	# cores are busy throughout (94% on average): more workers would not help, less work would
-	# (pytest 371.24-510.10 s in clean clones, 2026-11-30 and 12-01, as fast as the machine
+	# (pytest 371.24-510.10 s in quiet clean clones, 2026-11-30 and 12-01, as fast as the machine
 	# was; BENCHMARKS.md, sixteenth to nineteenth sessions).
 	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15
 
