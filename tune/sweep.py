@@ -369,9 +369,10 @@ def resume_sweep(
     tuner = ray_tune.Tuner.restore(
         location, trainable=trainable, resume_unfinished=True, resume_errored=True
     )
-    _renumber_progress(tuner, results, cfg)
+    # What Tune does not restore: the progress lines' numbering and ASHA's rungs.
     local = getattr(tuner, "_local_tuner", None)  # None when driving Ray through ray://
     if local is not None:
+        _renumber_progress(local, results, cfg)
         reported = {t.trial_id: t.history for t in read_sweep(results).trials}
         restore_rungs(local._tune_config.scheduler, reported, cfg)
     # The summary of the run that stopped (or of the sweep being extended) is rewritten at the
@@ -386,13 +387,12 @@ def resume_sweep(
     return cfg, summary
 
 
-def _renumber_progress(tuner: ray_tune.Tuner, results: Path, cfg: SweepConfig) -> None:
+def _renumber_progress(local, results: Path, cfg: SweepConfig) -> None:
     """The progress lines come from the callback pickled when the sweep started: the trials
     already there keep their numbers (in the order Tune created them: a restored one prints
     as "trial 2/8 resumes from step 150"), new ones count on ("trial 5/8")."""
-    local = getattr(tuner, "_local_tuner", None)  # None when driving Ray through ray://
     created = list(tune_statuses(results))
-    for callback in local.get_run_config().callbacks or [] if local else []:
+    for callback in local.get_run_config().callbacks or []:
         if isinstance(callback, SweepProgress):
             callback.num_samples = cfg.search.num_samples
             callback.numbers = {trial_id: n for n, trial_id in enumerate(created, 1)}
