@@ -132,7 +132,9 @@ class MirrorResults(Callback):
 
     def __init__(self, uri: str, local: Path, every_s: float = 10.0):
         self.uri, self.local, self.every_s = uri, local, every_s
-        self.last = 0.0
+        # Never synced: the first result syncs at once (0.0 did so only once the machine had
+        # been up `every_s`, since the monotonic clock counts from boot).
+        self.last = float("-inf")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if time.monotonic() - self.last >= self.every_s:
