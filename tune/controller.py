@@ -1,12 +1,12 @@
-"""Three hooks on Ray Tune's controller that every medtune sweep installs (`tune/sweep.py`):
-two so that `--resume` after a killed driver loses at most the interval in flight, one so
-that a trial process Tune no longer needs is not started only to be stopped (installed for
-the confirmation's Tune run too, `tune/confirm.py`).
+"""Four hooks on Ray Tune that every medtune sweep installs (`tune/sweep.py`): three so that
+`--resume` after a killed driver loses at most the interval in flight (one of them on the copy
+of Tune's state to storage), one so that a trial process Tune no longer needs is not started
+only to be stopped (installed for the confirmation's Tune run too, `tune/confirm.py`).
 
-All patch private methods of Ray 2.60's `TuneController` (Ray is pinned in pyproject.toml),
-process-wide and once; each keeps Tune's own method as `__wrapped__`, which the tests use to
-undo it. This module needs Ray alone (imported when a hook is installed), not torch or
-transformers, so a driver script (and a test) can install the hooks in a second.
+All patch private methods of Ray 2.60's `TuneController` and storage syncer (Ray is pinned in
+pyproject.toml), process-wide and once; each keeps Tune's own method as `__wrapped__`, which
+the tests use to undo it. This module needs Ray alone (imported when a hook is installed),
+not torch or transformers, so a driver script (and a test) can install the hooks in a second.
 """
 
 from __future__ import annotations
@@ -52,6 +52,37 @@ def snapshot_at_every_checkpoint() -> None:
 
     process_and_snapshot.medtune = True
     TuneController._process_trial_save = process_and_snapshot
+
+
+def copy_state_atomically() -> None:
+    """Have Tune copy its experiment folder to a local `run.storage` with
+    `tune.atomic_storage.copy_changed_files`: each file whole or not at all, and only the
+    files that changed since the last save.
+
+    Tune copies its whole staging folder at every save, each file rewritten in place: a
+    driver killed during a copy left `experiment_state-`, `search_gen_state-` and
+    `searcher-state-` of that run empty (seen once in CI's kill test), and `--resume` read
+    the newest, empty state. With a save at every checkpoint (`snapshot_at_every_checkpoint`)
+    the copy is also on each trial's path, and rewriting every finished trial's logs each
+    time grew with the sweep (BENCHMARKS.md, twentieth session). Storage at a URI keeps
+    Tune's copy. Ray 2.60's private `_FilesystemSyncer._sync_up_command`."""
+    import pyarrow.fs as pafs
+    from ray.train._internal.storage import _FilesystemSyncer
+
+    from tune.atomic_storage import copy_changed_files
+
+    command = _FilesystemSyncer._sync_up_command
+    if getattr(command, "medtune", False):
+        return
+
+    @functools.wraps(command)
+    def copy_command(self, local_path: str, uri: str, exclude=None):
+        if exclude or not isinstance(self.storage_filesystem, pafs.LocalFileSystem):
+            return command(self, local_path, uri, exclude)
+        return copy_changed_files, {"source": local_path, "target": uri}
+
+    copy_command.medtune = True
+    _FilesystemSyncer._sync_up_command = copy_command
 
 
 def drop_stale_decisions_on_restore() -> None:

@@ -48,9 +48,11 @@ from trainables.evaluation import encode_decisions
 from trainables.models import BaseWeights, base_weights, load_tokenizer, prepare_model
 from trainables.precision import resolve_precision
 from trainables.trainable import TrialSettings, train_lora
+from tune.atomic_storage import remove_partial_files
 from tune.cluster import start_ray
 from tune.config import SweepConfig, check_more_trials, load_saved_config
 from tune.controller import (
+    copy_state_atomically,
     drop_stale_decisions_on_restore,
     kill_actors_that_never_started,
     snapshot_at_every_checkpoint,
@@ -200,6 +202,7 @@ def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False)
         upload(out, location, _INPUT_FILES)
     start_ray(cfg, console)
     snapshot_at_every_checkpoint()
+    copy_state_atomically()
     kill_actors_that_never_started()
     tuner = _build_tuner(prep, out, console)
     console.print(
@@ -360,9 +363,12 @@ def resume_sweep(
     if num_samples is not None and num_samples != cfg.search.num_samples:
         cfg = _extend(results, location, cfg, num_samples)
         console.print(f"Extending sweep [bold]{cfg.run.name}[/] to {num_samples} trials")
+    if not is_uri(cfg.run.storage):  # what a driver killed mid-copy left (the old files stand)
+        remove_partial_files(results)
     model_path, pad_id, data = saved_training_data(results, cfg)
     start_ray(cfg, console)
     snapshot_at_every_checkpoint()
+    copy_state_atomically()
     kill_actors_that_never_started()
     drop_stale_decisions_on_restore()
     trainable = _trainable(cfg, trial_settings(cfg, model_path, pad_id), data)

@@ -38,20 +38,28 @@ def sweep(tmp_path_factory, model_cache):
 def tune_as_is(monkeypatch):
     """Tune's controller without medtune's hooks (tune/controller.py), for one test: the hooks
     patch it for the whole process, once installed by a test or an in-process sweep."""
+    from ray.train._internal.storage import _FilesystemSyncer
     from ray.tune.execution.tune_controller import TuneController
 
-    for name in ("_process_trial_save", "__setstate__", "_remove_actor"):
-        current = getattr(TuneController, name)
-        monkeypatch.setattr(TuneController, name, getattr(current, "__wrapped__", current))
+    for owner, name in [
+        (TuneController, "_process_trial_save"),
+        (TuneController, "__setstate__"),
+        (TuneController, "_remove_actor"),
+        (_FilesystemSyncer, "_sync_up_command"),
+    ]:
+        current = getattr(owner, name)
+        monkeypatch.setattr(owner, name, getattr(current, "__wrapped__", current))
 
 
 @pytest.fixture
 def tune_as_medtune_runs_it(tune_as_is):
-    """Tune's controller with the hook every medtune sweep installs, for one test: the
-    experiment state, with each trial's logs, saved on storage at every checkpoint."""
-    from tune.controller import snapshot_at_every_checkpoint
+    """Tune's controller with the hooks every medtune sweep installs, for one test: the
+    experiment state, with each trial's logs, saved on storage at every checkpoint, each file
+    copied whole."""
+    from tune.controller import copy_state_atomically, snapshot_at_every_checkpoint
 
     snapshot_at_every_checkpoint()
+    copy_state_atomically()
 
 
 def _run_sweep(root: Path) -> str:
