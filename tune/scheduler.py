@@ -79,6 +79,22 @@ class ComparingASHA(AsyncHyperBandScheduler):
         super().on_trial_error(tune_controller, trial)
         self._settle(tune_controller, ending=trial.trial_id)
 
+    def wait_again(self, trial_id: str, milestone: float) -> None:
+        """Before a resume: the trial, saved paused at `milestone` (its result recorded there),
+        waits again, unless the rung already had its quorum: then it had been promoted and
+        waited only for a free slot. One promoted without a quorum, because no rival could
+        come, is decided again on the same rung (as before, unless the sweep was extended)."""
+        rungs = dict(self._brackets[0]._rungs)  # one bracket, as medtune builds it
+        if len(rungs[milestone]) < self._quorum:
+            self._waiting[trial_id] = milestone
+
+    def on_trial_add(self, tune_controller: TuneController, trial: Trial):
+        super().on_trial_add(tune_controller, trial)
+        if trial.trial_id in self._waiting and trial.status == Trial.PENDING:
+            # Restored by `--resume`: Tune resets a paused trial to PENDING and starts every
+            # PENDING trial; PAUSED again (before Tune files it by status), it waits.
+            trial.set_status(Trial.PAUSED)
+
     def choose_trial_to_run(self, tune_controller: TuneController) -> Trial | None:
         """A promoted paused trial first (ASHA would have kept it running), then a new one;
         never a trial that is still waiting to be compared."""

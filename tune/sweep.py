@@ -380,7 +380,8 @@ def resume_sweep(
     if local is not None:
         _renumber_progress(local, results, cfg)
         reported = {t.trial_id: t.history for t in read_sweep(results).trials}
-        restore_rungs(local._tune_config.scheduler, reported, cfg)
+        paused = {i for i, (status, _) in tune_statuses(results).items() if status == "PAUSED"}
+        restore_rungs(local._tune_config.scheduler, reported, cfg, paused=paused)
     # The summary of the run that stopped (or of the sweep being extended) is rewritten at the
     # end; until then the dashboard shows the sweep running again, and export waits for it.
     (results / "sweep_summary.json").unlink(missing_ok=True)
@@ -407,13 +408,18 @@ def _renumber_progress(local, results: Path, cfg: SweepConfig) -> None:
             )
 
 
-def restore_rungs(scheduler, reported: dict[str, list], cfg: SweepConfig) -> None:
-    """Refill a restored sweep's ASHA rungs with what each trial reported at them.
+def restore_rungs(
+    scheduler, reported: dict[str, list], cfg: SweepConfig, paused: set[str] = frozenset()
+) -> None:
+    """Refill a restored sweep's ASHA rungs with what each trial reported at them, and have
+    ComparingASHA wait again with the trials that were waiting to be compared.
 
     Tune saves no scheduler state: on `--resume` ASHA starts with empty rungs, so a restored
     trial's next result was recorded, and decided, at the highest rung it had already passed,
-    with that later step's value, and new trials were compared against nothing. `reported`:
-    each trial's evaluations (`SweepState` history: step and metric value)."""
+    with that later step's value, and new trials were compared against nothing; and a trial
+    paused at a rung, waiting for rivals, went on undecided. `reported`: each trial's
+    evaluations (`SweepState` history: step and metric value); `paused`: the trials the saved
+    state holds PAUSED."""
     if not isinstance(scheduler, AsyncHyperBandScheduler):
         return  # FIFO: nothing to restore
     op = -1.0 if cfg.search.mode == "min" else 1.0  # Ray records metric_op * value
@@ -424,6 +430,13 @@ def restore_rungs(scheduler, reported: dict[str, list], cfg: SweepConfig) -> Non
                 at = [e.value for e in history if e.step == step]
                 if at:
                     recorded[trial_id] = op * at[-1]
+    if not isinstance(scheduler, ComparingASHA):
+        return  # Ray's ASHA never pauses a trial
+    for milestone, _ in scheduler._brackets[0]._rungs:  # once every rung holds its results
+        step = int(milestone) * cfg.train.eval_every
+        for trial_id in paused:
+            if reported.get(trial_id) and reported[trial_id][-1].step == step:
+                scheduler.wait_again(trial_id, milestone)  # paused at this rung's result
 
 
 def _extend(results: Path, location: str, cfg: SweepConfig, num_samples: int) -> SweepConfig:

@@ -239,7 +239,9 @@ def state_version(folder: Path) -> float:
 def tune_statuses(folder: Path) -> dict[str, tuple[str, dict]]:
     """{trial_id: (Ray status, config)} from the newest experiment state, if readable, in the
     order Tune created the trials."""
-    states = sorted(folder.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    # The newest by name, as Tune picks it: names carry the run's start time, while copies
+    # (a resume's download, medtune's copy to storage) set modification times of their own.
+    states = sorted(folder.glob("experiment_state-*.json"))
     if not states:
         return {}
     try:

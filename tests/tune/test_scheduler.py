@@ -241,3 +241,66 @@ def test_a_resumed_sweep_s_asha_rungs_hold_what_the_trials_reported_there():
     scheduler.on_trial_add(controller, d)
     result = {"training_iteration": 1, "eval_loss": 2.95}  # worse than rung 1's median
     assert scheduler.on_trial_result(controller, d, result) == TrialScheduler.STOP
+
+
+def test_a_trial_waiting_to_be_compared_when_the_sweep_stopped_waits_again_after_resume():
+    """Trial a was paused at rung 1 (step 10), the only result there, when the sweep stopped.
+    Restored, it is not started again until a rival has reported at rung 1; then ASHA's
+    cutoff over the rung decides it (here: stopped, the rival being better). A trial paused
+    at a rung that had its quorum had been promoted (it waited for a free slot): it starts."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from tune.config import load_config
+    from tune.sweep import _scheduler, restore_rungs
+    from tune.sweep_state import Evaluation
+
+    overrides = ["model.name=tiny-random", "train.max_steps=40", "train.eval_every=10"]
+    cfg = load_config(None, [*overrides, "search.num_samples=3"])
+
+    def history(*losses):
+        return [Evaluation(10 * (i + 1), v, None, None, 0.0) for i, v in enumerate(losses)]
+
+    def restored(scheduler, reported, paused):
+        """The scheduler and a controller holding the trials as Tune restores them: PENDING."""
+        scheduler.set_search_properties(cfg.search.metric, cfg.search.mode)  # as Tune does
+        restore_rungs(scheduler, reported, cfg, paused=paused)
+        stopped, trials = [], []
+        controller = SimpleNamespace(
+            get_trials=lambda: trials,
+            stop_trial=lambda t: (stopped.append(t.trial_id), setattr(t, "status", "TERMINATED")),
+            _mark_trial_to_checkpoint=lambda t: None,
+        )
+        for trial_id in ("a", "b"):
+            steps = len(reported.get(trial_id, []))
+            trial = SimpleNamespace(
+                trial_id=trial_id,
+                status="PENDING",
+                last_result={"training_iteration": steps} if steps else {},
+            )
+            trial.set_status = lambda status, t=trial: setattr(t, "status", status)
+            trials.append(trial)
+            scheduler.on_trial_add(controller, trial)
+        return controller, trials, stopped
+
+    # a waits at rung 1 (quorum 2, one result); b, restored before its first report, runs.
+    scheduler = _scheduler(cfg)  # ComparingASHA, rungs at steps 10 and 20
+    controller, (a, b), stopped = restored(scheduler, {"a": history(2.9)}, paused={"a"})
+    assert (a.status, b.status) == ("PAUSED", "PENDING")  # Tune starts every PENDING trial
+    assert scheduler.choose_trial_to_run(controller) is b
+    b.status = "RUNNING"
+    assert scheduler.choose_trial_to_run(controller) is None  # a still waits for b
+    result = {"training_iteration": 1, "eval_loss": 2.5}  # rung 1 now has its quorum
+    assert scheduler.on_trial_result(controller, b, result) == TrialScheduler.CONTINUE
+    assert stopped == ["a"] and a.status == "TERMINATED"
+
+    # b paused at rung 1 beside a's result (the quorum): promoted, it starts at once.
+    scheduler = _scheduler(cfg)
+    reported = {"a": history(2.9, 2.8), "b": history(2.7)}
+    controller, (a, b), stopped = restored(scheduler, reported, paused={"b"})
+    assert (a.status, b.status) == ("PENDING", "PENDING")
+    assert scheduler.choose_trial_to_run(controller) is a  # the first PENDING: nothing waits
+    a.status = "RUNNING"
+    assert scheduler.choose_trial_to_run(controller) is b
+    assert stopped == []
