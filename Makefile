@@ -81,6 +81,7 @@ bench: install
 	$(BIN)/python benchmarks/asha.py --trials 8 --steps 32 --repeats 3
 	$(BIN)/python benchmarks/reuse_memory.py
 	$(BIN)/python benchmarks/pinning.py
+	$(BIN)/python benchmarks/state_save.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
