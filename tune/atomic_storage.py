@@ -40,11 +40,20 @@ def copy_changed_files(source: str, target: str) -> int:
         os.makedirs(into, exist_ok=True)
         for name in names:
             src, dst = os.path.join(folder, name), os.path.join(into, name)
-            stat = os.stat(src)  # before the copy: a later change makes the copy look stale
+            try:
+                stat = os.stat(src)  # before the copy: a later change makes the copy stale
+            except FileNotFoundError:  # gone since the listing: nothing to copy
+                continue
             if _same(stat, dst):
                 continue
             part = _part_name(dst)
-            shutil.copyfile(src, part)
+            try:
+                shutil.copyfile(src, part)
+            except FileNotFoundError:
+                if os.path.exists(src):  # the target's folder is gone: not for us to hide
+                    raise
+                Path(part).unlink(missing_ok=True)  # the source went mid-copy
+                continue
             os.utime(part, ns=(stat.st_atime_ns, stat.st_mtime_ns))
             os.replace(part, dst)
             copied += 1

@@ -172,3 +172,19 @@ def test_storage_at_a_uri_keeps_tunes_copy():
     assert command is _upload_to_fs_path
     command, _ = _FilesystemSyncer(pafs.LocalFileSystem())._sync_up_command("/a", "b")
     assert command is copy_changed_files
+
+
+def test_a_file_gone_since_the_listing_is_skipped(folders, monkeypatch):
+    """Tune may delete a staging file while a background copy runs: the copy goes on."""
+    import tune.atomic_storage
+
+    source, target = folders
+    listing = os.walk
+
+    def listing_with_a_deleted_file(top):
+        for folder, dirs, names in listing(top):
+            yield folder, dirs, [*names, "deleted.json"]
+
+    monkeypatch.setattr(tune.atomic_storage.os, "walk", listing_with_a_deleted_file)
+    assert copy_changed_files(str(source), str(target)) == 2
+    assert not list(target.rglob("deleted.json")) and not list(target.rglob(f"*{PART_SUFFIX}"))
