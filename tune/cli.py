@@ -19,11 +19,13 @@ import argparse
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from rich.console import Console
 
 from tune.console import make_console
+from tune.run_lock import sweep_lock
 
 __all__ = ["main"]
 
@@ -188,17 +190,27 @@ def _sweep(args, console: Console) -> int:
     saved = load_saved_config(args.resume) if args.resume else None
     if more is not None:
         check_more_trials(args.resume, saved, more)
+    if args.resume:  # refused at once when another medtune process works on this sweep
+        with sweep_lock(args.resume, "medtune sweep --resume"):
+            _quiet_libraries()
+            from tune.sweep import resume_sweep
+
+            started = time.monotonic()
+            cfg, summary = resume_sweep(args.resume, console, num_samples=more)
+            return _finish(args, cfg, summary, args.resume.resolve(), started, console)
     _quiet_libraries()
-    from tune.sweep import prepare_sweep, results_dir, resume_sweep, run_sweep
+    from tune.sweep import prepare_sweep, results_dir, run_sweep
 
     started = time.monotonic()
-    if args.resume:
-        cfg, summary = resume_sweep(args.resume, console, num_samples=more)
-    else:
-        prep = prepare_sweep(cfg, console, overwrite=args.overwrite)
-        cfg = prep.cfg
+    prep = prepare_sweep(cfg, console, overwrite=args.overwrite)
+    out = results_dir(prep.cfg)
+    with sweep_lock(out, "medtune sweep"):  # before --overwrite deletes anything
         summary = run_sweep(prep, console, overwrite=args.overwrite)
-    out = args.resume.resolve() if args.resume else results_dir(cfg)
+        return _finish(args, prep.cfg, summary, out, started, console)
+
+
+def _finish(args, cfg, summary: dict, out: Path, started: float, console: Console) -> int:
+    """The sweep's closing lines and exit code, then the export unless `--no-export`."""
     best = summary["best"]
     took = _duration(time.monotonic() - started) + (" this run" if args.resume else "")
     if summary["interrupted"]:
@@ -217,7 +229,7 @@ def _sweep(args, console: Console) -> int:
     if args.no_export:
         console.print(f"Export later with: medtune export {out}")
         return 0
-    return _export(out, console, None)
+    return _export(out, console, None, locked=True)
 
 
 def _duration(seconds: float) -> str:
@@ -272,7 +284,8 @@ def _every_trial_failed(summary: dict, out: Path) -> int:
     return 1
 
 
-def _export(results: Path, console: Console, out: Path | None) -> int:
+def _export(results: Path, console: Console, out: Path | None, locked: bool = False) -> int:
+    """`locked`: this process already holds the sweep's lock (the export after a sweep)."""
     from tune.config import load_saved_config
     from tune.export_layout import check_sweep_finished
 
@@ -280,10 +293,11 @@ def _export(results: Path, console: Console, out: Path | None) -> int:
     # again for callers in Python).
     load_saved_config(results)
     check_sweep_finished(results.resolve())
-    _quiet_libraries()
-    from tune.export import export_best
+    with nullcontext() if locked else sweep_lock(results, "medtune export"):
+        _quiet_libraries()
+        from tune.export import export_best
 
-    metrics = export_best(results, console, out=out)
+        metrics = export_best(results, console, out=out)
     base, tuned = metrics["base"], metrics["tuned"]
     console.print("\n[bold]Test metrics[/]        base      tuned")
     for key in tuned:

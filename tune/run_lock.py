@@ -1,0 +1,75 @@
+"""One medtune process at a time on a sweep's results folder.
+
+`medtune sweep` (new, `--overwrite` or `--resume`) and `medtune export` hold an exclusive lock
+on `<parent>/.<name>.lock` while they run. A second one on the same sweep is refused with one
+line naming the first (its command, pid and start), before it writes anything: without it, a
+`--resume` of a sweep still running started a second driver on the same experiment state (its
+trials ran twice, both drivers rewrote the state), `--overwrite` deleted a running sweep's
+folder, and two exports wrote the same `export/`. The lock is `flock(2)`: the kernel releases
+it when its holder exits, Ctrl-C and SIGKILL included, so a lock is never left stale. It sits
+beside the folder, not in it, as `--overwrite` deletes and recreates the folder, and is
+deleted when released (a SIGKILLed holder leaves the file, unlocked, for the next to take).
+
+Readers (`medtune dashboard`, `report`, `generate`, `serve`) take no lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tune.errors import UserError
+
+__all__ = ["lock_path", "sweep_lock"]
+
+
+def lock_path(results: Path) -> Path:
+    results = Path(results).resolve()
+    return results.parent / f".{results.name}.lock"
+
+
+@contextmanager
+def sweep_lock(results: Path, command: str) -> Iterator[None]:
+    """Hold the lock on `results` (a sweep's folder, existing or not) while the block runs,
+    or raise `UserError` naming the process that holds it. `command`: what this process is,
+    for the message another one gets (e.g. "medtune sweep --resume")."""
+    path = lock_path(results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _locked(path, results)
+    try:
+        os.ftruncate(fd, 0)  # a killed holder's line may still be there
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(fd, f"{command} (pid {os.getpid()}, since {since})".encode(), 0)
+        yield
+    finally:
+        # Deleted while still held, so that nothing is left beside the sweep; a process that
+        # opened the file before the delete finds, once it holds the lock, that the name no
+        # longer leads to it, and starts again (`_locked`).
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _locked(path: Path, results: Path) -> int:
+    """An open descriptor of the lock file at `path`, locked; or UserError naming the holder."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise UserError(
+                f"{Path(results)}: {holder or 'another medtune process'} is working on this "
+                "sweep; wait for it to end, or stop it (Ctrl-C in its terminal), then run this "
+                "again"
+            ) from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass  # deleted by the holder that just let go: lock the new one
+        os.close(fd)
