@@ -10,7 +10,9 @@ it when its holder exits, Ctrl-C and SIGKILL included, so a lock is never left s
 beside the folder, not in it, as `--overwrite` deletes and recreates the folder, and is
 deleted when released (a SIGKILLed holder leaves the file, unlocked, for the next to take).
 
-Readers (`medtune dashboard`, `report`, `generate`, `serve`) take no lock.
+Readers (`medtune dashboard`, `report`, `generate`, `serve`) take no lock; the dashboard
+asks `is_held` whether a process still works on a sweep that has not written its summary: if
+none does, its driver is gone (killed, or its machine restarted) and the page says so.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from pathlib import Path
 
 from tune.errors import UserError
 
-__all__ = ["lock_path", "sweep_lock"]
+__all__ = ["is_held", "lock_path", "sweep_lock"]
+
+# `is_held` takes a shared lock for an instant; a sweep starting then tries again this often.
+_TRIES, _PAUSE_S = 10, 0.02
 
 
 def lock_path(results: Path) -> Path:
@@ -58,7 +63,7 @@ def _locked(path: Path, results: Path) -> int:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_soon(fd)
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
             os.close(fd)
@@ -73,3 +78,31 @@ def _locked(path: Path, results: Path) -> int:
         except FileNotFoundError:
             pass  # deleted by the holder that just let go: lock the new one
         os.close(fd)
+
+
+def is_held(results: Path) -> bool:
+    """Whether a medtune process holds the lock on `results` now."""
+    try:
+        fd = os.open(lock_path(results), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # dropped at once, by the close below
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _flock_soon(fd: int) -> None:
+    """The exclusive lock, tried a few times over 0.2 s: past an `is_held` probe's instant,
+    never long enough to wait for a real holder."""
+    for attempt in range(_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == _TRIES - 1:
+                raise
+            time.sleep(_PAUSE_S)

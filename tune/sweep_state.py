@@ -24,6 +24,7 @@ import yaml
 
 from tune.config import SweepConfig, load_saved_config
 from tune.errors import UserError
+from tune.run_lock import is_held
 
 __all__ = [
     "Evaluation",
@@ -105,6 +106,7 @@ class SweepState:
     trials: list[TrialState]
     finished: bool  # sweep_summary.json written: the driver is done
     interrupted: bool  # ... before every trial had ended (Ctrl-C): it can be resumed
+    driver_gone: bool  # not finished, and no medtune process works on it: killed, resumable
     updated: float  # newest modification time among the files read
     export: dict | None = None  # export/metrics.json
     confirmation: dict | None = None  # confirm_summary.json
@@ -182,9 +184,12 @@ def read_sweep(folder: Path) -> SweepState:
             trials.append(TrialState(trial_id, _STATUS.get(status, "pending"), params))
     summary = folder / "sweep_summary.json"
     outcome = _read_json(summary)
-    if outcome is not None:
-        # The driver is done: a trial Tune had not ended is unfinished, not running or due
-        # (the sweep was stopped; `medtune sweep --resume` goes on with it).
+    # No summary and no medtune process holding the sweep's lock: the driver was killed (or
+    # its machine restarted) before it could write one.
+    gone = outcome is None and not is_held(folder)
+    if outcome is not None or gone:
+        # The driver is done or gone: a trial Tune had not ended is unfinished, not running
+        # or due (`medtune sweep --resume` goes on with it).
         for trial in trials:
             if trial.status in ("running", "waiting", "pending"):
                 trial.status = "unfinished"
@@ -204,6 +209,7 @@ def read_sweep(folder: Path) -> SweepState:
         trials=trials,
         finished=outcome is not None,
         interrupted=bool(outcome and outcome.get("interrupted")),
+        driver_gone=gone,
         updated=state_version(folder),
         export=_read_json(folder / "export" / "metrics.json"),
         confirmation=_read_json(folder / "confirm_summary.json"),

@@ -31,6 +31,7 @@ from search_spaces import load_space
 from tests.conftest import read_progress
 from tests.tune.conftest import MEDTUNE, kill_session, session_processes
 from trainables.scratch import PREFIX
+from tune.sweep_state import read_sweep
 
 pytestmark = pytest.mark.slow
 STEPS, EVERY, SAMPLES = 30, 5, 3
@@ -181,6 +182,9 @@ def test_killed_driver_several_times_then_resume(tmp_path, model_cache, drivers)
         delay = rng.uniform(0, MAX_DELAY_S)
         time.sleep(delay)
         killed, reported = _kill_driver(proc, out)
+        # The dashboard's reading: no summary, no process on it, nothing left "running".
+        gone = read_sweep(out)
+        assert gone.driver_gone and gone.counts["running"] == gone.counts["pending"] == 0
         cycles.append(
             {
                 "at": killed,

@@ -114,3 +114,55 @@ def test_a_lock_file_deleted_as_it_is_taken_is_taken_again(tmp_path, monkeypatch
         finally:
             os.close(fd)
         assert lock_path(out).read_text().startswith("medtune export (pid ")
+
+
+def test_a_sweep_no_process_works_on_shows_its_driver_gone(sweep, tmp_path):
+    """No summary and nobody holding the lock: the driver was killed. The dashboard says so
+    (and that --resume goes on), with no trial left "running"; held, it is in progress."""
+    import json
+    import shutil
+
+    from tune.dashboard import render_page
+    from tune.sweep_state import read_sweep
+
+    finished, _ = sweep
+    out = tmp_path / "results" / finished.name
+    shutil.copytree(finished, out, ignore=shutil.ignore_patterns("checkpoint_*", "export"))
+    (out / "sweep_summary.json").unlink()
+    state_file = sorted(out.glob("experiment_state-*.json"))[-1]  # one trial still running
+    state = json.loads(state_file.read_text())
+    trial = json.loads(state["trial_data"][0][0])
+    trial["status"] = "RUNNING"
+    state["trial_data"][0][0] = json.dumps(trial)
+    state_file.write_text(json.dumps(state))
+
+    gone = read_sweep(out)
+    assert gone.driver_gone and not gone.finished
+    assert gone.counts["running"] == 0 and gone.counts["unfinished"] == 1
+    page = render_page(gone, live=True, nonce="n", charts={})
+    assert '<span id="sweep-status">stopped: driver gone</span>' in page
+    assert f"go on with <code>medtune sweep --resume {out}</code>" in page
+
+    with sweep_lock(out, "medtune sweep --resume"):
+        live = read_sweep(out)
+    assert not live.driver_gone and live.counts["running"] == 1
+    page = render_page(live, live=True, nonce="n", charts={})
+    assert '<span id="sweep-status">in progress</span>' in page and "--resume" not in page
+
+
+def test_a_dashboard_probe_does_not_refuse_a_sweep(tmp_path):
+    """`is_held` takes a shared lock for an instant; a sweep starting just then gets in."""
+    import fcntl
+    import threading
+
+    from tune.run_lock import is_held
+
+    out = tmp_path / "results" / "sweep"
+    assert not is_held(out)  # no lock file at all
+    out.parent.mkdir(parents=True)
+    probe = os.open(lock_path(out), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe caught mid-way
+    threading.Timer(0.05, os.close, [probe]).start()
+    with sweep_lock(out, "medtune sweep"):
+        assert is_held(out)
+    assert not is_held(out)

@@ -16,6 +16,7 @@ from ray import tune
 
 from tests.conftest import read_progress
 from tests.tune.conftest import MEDTUNE
+from tune.run_lock import sweep_lock
 from tune.scheduler import ComparingASHA
 from tune.sweep_state import read_sweep
 
@@ -203,7 +204,8 @@ def test_a_medtune_trial_paused_to_be_compared_resumes_exactly(tmp_path, model_c
     state["trial_data"][0][0] = json.dumps(trial)
     state_file.write_text(json.dumps(state))
     (out / "sweep_summary.json").unlink(missing_ok=True)
-    sweep = read_sweep(out)
+    with sweep_lock(out, "medtune sweep"):  # as the running driver holds it
+        sweep = read_sweep(out)
     statuses = {t.trial_id: t.status for t in sweep.trials}
     assert statuses[trial["trial_id"]] == "waiting"
     assert sweep.counts["waiting"] == 1
