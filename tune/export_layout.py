@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from tune.errors import UserError
+from tune.run_lock import holder
 
 __all__ = ["PROMPT_FILE", "check_export", "check_sweep_finished"]
 
@@ -28,9 +29,17 @@ def check_sweep_finished(results: Path) -> None:
     """Refuse a sweep that has not ended: its best trial so far is not the sweep's best."""
     summary = results / "sweep_summary.json"
     if not summary.is_file():
+        running = holder(results)
+        if running:
+            raise UserError(
+                f"{results}: the sweep has not finished (no sweep_summary.json): {running} is "
+                "working on it; export once it has ended (a sweep exports its best at its end "
+                "unless run with --no-export)"
+            )
         raise UserError(
-            f"{results}: the sweep has not finished (no sweep_summary.json); let it finish, or "
-            f"go on with `medtune sweep --resume {results}` if its driver was stopped"
+            f"{results}: the sweep has not finished (no sweep_summary.json) and no medtune "
+            "process is working on it (its driver was killed, or its machine restarted); go "
+            f"on with `medtune sweep --resume {results}`, which exports at its end"
         )
     data = json.loads(summary.read_text())
     if data.get("interrupted"):

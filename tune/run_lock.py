@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tune.errors import UserError
 
-__all__ = ["is_held", "lock_path", "sweep_lock"]
+__all__ = ["holder", "is_held", "lock_path", "sweep_lock"]
 
 # `is_held` takes a shared lock for an instant; a sweep starting then tries again this often.
 _TRIES, _PAUSE_S = 10, 0.02
@@ -82,15 +82,20 @@ def _locked(path: Path, results: Path) -> int:
 
 def is_held(results: Path) -> bool:
     """Whether a medtune process holds the lock on `results` now."""
+    return holder(results) is not None
+
+
+def holder(results: Path) -> str | None:
+    """What holds the lock on `results` now ("medtune sweep (pid 12, since ...)"), or None."""
     try:
         fd = os.open(lock_path(results), os.O_RDONLY)
     except FileNotFoundError:
-        return False
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # dropped at once, by the close below
-        return False
+        return None
     except BlockingIOError:
-        return True
+        return os.pread(fd, 512, 0).decode(errors="replace").strip() or "a medtune process"
     finally:
         os.close(fd)
 

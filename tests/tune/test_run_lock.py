@@ -116,7 +116,7 @@ def test_a_lock_file_deleted_as_it_is_taken_is_taken_again(tmp_path, monkeypatch
         assert lock_path(out).read_text().startswith("medtune export (pid ")
 
 
-def test_a_sweep_no_process_works_on_shows_its_driver_gone(sweep, tmp_path):
+def test_a_sweep_no_process_works_on_shows_its_driver_gone(sweep, tmp_path, capsys):
     """No summary and nobody holding the lock: the driver was killed. The dashboard says so
     (and that --resume goes on), with no trial left "running"; held, it is in progress."""
     import json
@@ -143,8 +143,23 @@ def test_a_sweep_no_process_works_on_shows_its_driver_gone(sweep, tmp_path):
     assert '<span id="sweep-status">stopped: driver gone</span>' in page
     assert f"go on with <code>medtune sweep --resume {out}</code>" in page
 
+    # Export refuses both, saying which it is.
+    assert main(["export", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"medtune: error: {out}: the sweep has not finished (no sweep_summary.json) and no "
+        "medtune process is working on it (its driver was killed, or its machine restarted); "
+        f"go on with `medtune sweep --resume {out}`, which exports at its end"
+    )
+
     with sweep_lock(out, "medtune sweep --resume"):
         live = read_sweep(out)
+        holder = lock_path(out).read_text()
+        assert main(["export", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"medtune: error: {out}: the sweep has not finished (no sweep_summary.json): "
+            f"{holder} is working on it; export once it has ended (a sweep exports its best "
+            "at its end unless run with --no-export)"
+        )
     assert not live.driver_gone and live.counts["running"] == 1
     page = render_page(live, live=True, nonce="n", charts={})
     assert '<span id="sweep-status">in progress</span>' in page and "--resume" not in page
