@@ -43,8 +43,14 @@ def sweep_lock(results: Path, command: str) -> Iterator[None]:
     or raise `UserError` naming the process that holds it. `command`: what this process is,
     for the message another one gets (e.g. "medtune sweep --resume")."""
     path = lock_path(results)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _locked(path, results)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _locked(path, results)
+    except OSError as e:  # read-only or not ours: one line, as for any path we cannot use
+        raise UserError(
+            f"{Path(results)}: cannot create its lock file {path} ({e.strerror}); this "
+            "command writes into the sweep's folder: run it where that folder is writable"
+        ) from None
     try:
         os.ftruncate(fd, 0)  # a killed holder's line may still be there
         since = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -181,3 +181,11 @@ def test_a_dashboard_probe_does_not_refuse_a_sweep(tmp_path):
     with sweep_lock(out, "medtune sweep"):
         assert is_held(out)
     assert not is_held(out)
+
+
+def test_a_folder_it_cannot_write_beside_is_one_line(tmp_path):
+    parent = tmp_path / "results"
+    parent.write_text("a file where the sweeps' folder should be")
+    with pytest.raises(UserError, match="cannot create its lock file .*: run it where"):
+        with sweep_lock(parent / "sweep", "medtune export"):
+            pass
