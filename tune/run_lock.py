@@ -11,7 +11,7 @@ beside the folder, not in it, as `--overwrite` deletes and recreates the folder,
 deleted when released (a SIGKILLed holder leaves the file, unlocked, for the next to take).
 
 Readers (`medtune dashboard`, `report`, `generate`, `serve`) take no lock; the dashboard
-asks `is_held` whether a process still works on a sweep that has not written its summary: if
+asks `holder` whether a process still works on a sweep that has not written its summary: if
 none does, its driver is gone (killed, or its machine restarted) and the page says so.
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from tune.errors import UserError
 
-__all__ = ["holder", "is_held", "lock_path", "sweep_lock"]
+__all__ = ["holder", "lock_path", "sweep_lock"]
 
-# `is_held` takes a shared lock for an instant; a sweep starting then tries again this often.
+# `holder` takes a shared lock for an instant; a sweep starting then tries again this often.
 _TRIES, _PAUSE_S = 10, 0.02
 
 
@@ -86,11 +86,6 @@ def _locked(path: Path, results: Path) -> int:
         os.close(fd)
 
 
-def is_held(results: Path) -> bool:
-    """Whether a medtune process holds the lock on `results` now."""
-    return holder(results) is not None
-
-
 def holder(results: Path) -> str | None:
     """What holds the lock on `results` now ("medtune sweep (pid 12, since ...)"), or None."""
     try:
@@ -107,7 +102,7 @@ def holder(results: Path) -> str | None:
 
 
 def _flock_soon(fd: int) -> None:
-    """The exclusive lock, tried a few times over 0.2 s: past an `is_held` probe's instant,
+    """The exclusive lock, tried a few times over 0.2 s: past a `holder` probe's instant,
     never long enough to wait for a real holder."""
     for attempt in range(_TRIES):
         try:

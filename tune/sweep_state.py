@@ -24,7 +24,7 @@ import yaml
 
 from tune.config import SweepConfig, load_saved_config
 from tune.errors import UserError
-from tune.run_lock import is_held
+from tune.run_lock import holder
 
 __all__ = [
     "Evaluation",
@@ -186,7 +186,7 @@ def read_sweep(folder: Path) -> SweepState:
     outcome = _read_json(summary)
     # No summary and no medtune process holding the sweep's lock: the driver was killed (or
     # its machine restarted) before it could write one.
-    gone = outcome is None and not is_held(folder)
+    gone = outcome is None and holder(folder) is None
     if outcome is not None or gone:
         # The driver is done or gone: a trial Tune had not ended is unfinished, not running
         # or due (`medtune sweep --resume` goes on with it).

@@ -106,3 +106,10 @@ def kill_session(sid: int) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `root` with its size and modification time: "left untouched" checks."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+    }

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.tune.conftest import snapshot
 from tune.cli import main
 
 SECRET = "hf_corpusSECRETvalue0123456789abcdef"
@@ -98,12 +99,6 @@ def corpus(tmp_path_factory) -> Path:
         (root / name).write_bytes(content)
     _earlier_sweep(root / "results")
     return root
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {
-        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
-    }
 
 
 TINY = "model.name=tiny-random"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tune.conftest import snapshot
 from tune.cli import main
 from tune.errors import UserError
 from tune.run_lock import lock_path, sweep_lock
@@ -27,17 +28,9 @@ with sweep_lock(Path(sys.argv[1]), "medtune sweep"):
 """
 
 
-def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in folder.rglob("*")
-        if p.is_file()
-    }
-
-
 def test_a_second_process_on_a_sweep_is_refused_and_the_folder_kept(sweep, capsys):
     out, _ = sweep  # the suite's finished tiny-random sweep, with its export
-    before = _snapshot(out)
+    before = snapshot(out)
     # Held through another open file, as another process holds it (flock locks belong to
     # an open file, not to a process).
     with sweep_lock(out, "medtune sweep --resume"):
@@ -62,7 +55,7 @@ def test_a_second_process_on_a_sweep_is_refused_and_the_folder_kept(sweep, capsy
                 f"medtune: error: {out}: {holder} is working on this sweep; wait for it to "
                 "end, or stop it (Ctrl-C in its terminal), then run this again"
             ], argv
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     assert not lock_path(out).exists()
 
 
@@ -166,21 +159,21 @@ def test_a_sweep_no_process_works_on_shows_its_driver_gone(sweep, tmp_path, caps
 
 
 def test_a_dashboard_probe_does_not_refuse_a_sweep(tmp_path):
-    """`is_held` takes a shared lock for an instant; a sweep starting just then gets in."""
+    """`holder` takes a shared lock for an instant; a sweep starting just then gets in."""
     import fcntl
     import threading
 
-    from tune.run_lock import is_held
+    from tune.run_lock import holder
 
     out = tmp_path / "results" / "sweep"
-    assert not is_held(out)  # no lock file at all
+    assert holder(out) is None  # no lock file at all
     out.parent.mkdir(parents=True)
     probe = os.open(lock_path(out), os.O_RDWR | os.O_CREAT)
     fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe caught mid-way
     threading.Timer(0.05, os.close, [probe]).start()
     with sweep_lock(out, "medtune sweep"):
-        assert is_held(out)
-    assert not is_held(out)
+        assert holder(out) is not None
+    assert holder(out) is None
 
 
 def test_a_folder_it_cannot_write_beside_is_one_line(tmp_path):
