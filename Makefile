@@ -57,7 +57,7 @@ test: install browser
 	# otherwise order files by their number of tests and leave the longest for last). The 2
 	# cores are busy throughout (94% on average): more workers would not help, less work would
 	# (pytest 371.24-510.10 s in quiet clean clones, 2026-11-30 and 12-01, as fast as the machine
-	# was; 615.14-694.51 s on an AVX2-only EPYC, 2026-12-01; BENCHMARKS.md, sixteenth to
+	# was; 615.14-717.93 s on an AVX2-only EPYC, 2026-12-01; BENCHMARKS.md, sixteenth to
 	# twentieth sessions).
 	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15
 
