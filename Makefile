@@ -15,7 +15,7 @@ ARGS ?=
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install browser sweep test test-gpu lint bench clean
+.PHONY: install browser sweep test test-gpu lint bench bench-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +59,9 @@ test: install browser
 	# (pytest 371.24-510.10 s in quiet clean clones, 2026-11-30 and 12-01, as fast as the machine
 	# was; 615.14-717.93 s on an AVX2-only EPYC, 2026-12-01; BENCHMARKS.md, sixteenth to
 	# twentieth sessions).
-	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15
+	# The benchmarks' own runs at their smallest size (`-m bench`, about 400 s of a worker's
+	# time) are `make bench-check`'s: they test the measuring scripts, not medtune.
+	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15 -m "not bench"
 
 # The CUDA tests alone (GPU fractions, bf16/fp16, 4-bit QLoRA through export); `make test`
 # skips them without a GPU. Needs a CUDA build of torch (README, "Installing with a GPU") and,
@@ -68,6 +70,11 @@ test-gpu: install
 	@$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: torch sees no CUDA GPU here')"
 	$(BIN)/pytest -v -rs tests/trainables/test_cuda.py tests/tune/test_cuda.py tests/trainables/test_precision.py
 
+# Each benchmark script at its smallest size (a few minutes): they run and produce their numbers.
+# `make bench` runs this first, so a broken script stops it before the hour-long run.
+bench-check: install
+	$(BIN)/pytest -q -n 3 -m bench tests/benchmarks
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -75,7 +82,7 @@ lint: install
 # Every benchmark, at full size (about an hour on the quiet 2-core Xeon of BENCHMARKS.md, the sum
 # of its parts' run times there; hours on a slower or shared machine). The data
 # benchmark needs ../shared/data (MedQuAD); without it, it says so in one line and make goes on.
-bench: install
+bench: bench-check
 	$(BIN)/python benchmarks/bench.py
 	-$(BIN)/python benchmarks/data_bench.py
 	$(BIN)/python benchmarks/peer.py --sides peer,peer_fp32,peer_default,asha,fifo,noreuse --repeats 3

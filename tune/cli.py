@@ -16,6 +16,7 @@ written; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ from rich.console import Console
 from tune.console import make_console
 from tune.run_lock import sweep_lock
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,6 +94,18 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="default: results/<name>/report.html")
     report.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def run() -> None:
+    """The `medtune` console script: `main`, then exit with its code.
+
+    Python's exit collects every object left: 2.4 s of one core here once torch, transformers
+    and peft are loaded, after the work is done. Frozen objects are skipped by that collection;
+    atexit handlers (Ray's shutdown, logging's flush) still run.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +211,10 @@ def _sweep(args, console: Console) -> int:
             started = time.monotonic()
             cfg, summary = resume_sweep(args.resume, console, num_samples=more)
             return _finish(args, cfg, summary, args.resume.resolve(), started, console)
+    from tune.run_layout import check_new_run
+
+    cfg = cfg.with_run_name()
+    check_new_run(cfg, args.overwrite)  # a taken run.name is refused before torch and Ray load
     _quiet_libraries()
     from tune.sweep import prepare_sweep, results_dir, run_sweep
 

@@ -62,6 +62,7 @@ from tune.errors import UserError
 from tune.interrupt import ctrl_c_stops_tune
 from tune.progress import SweepProgress
 from tune.redact import redact, redact_text
+from tune.run_layout import check_new_run, results_dir
 from tune.scheduler import ComparingASHA
 from tune.storage import (
     MirrorResults,
@@ -69,7 +70,6 @@ from tune.storage import (
     download_results,
     is_uri,
     open_storage,
-    run_exists,
     run_uri,
     upload,
 )
@@ -108,12 +108,6 @@ class PreparedSweep:
     decisions: list[dict] = field(default_factory=list)  # data.task=decision: eval_accuracy
 
 
-def results_dir(cfg: SweepConfig) -> Path:
-    """The results folder on this machine (with a URI run.storage: the driver's copy)."""
-    root = cfg.run.local_dir if is_uri(cfg.run.storage) else cfg.run.storage
-    return Path(root).expanduser().resolve() / cfg.run.name
-
-
 def storage_location(cfg: SweepConfig, results: Path) -> str:
     """Where Ray keeps the experiment: the storage URI's run folder, or the local folder."""
     return run_uri(cfg.run.storage, cfg.run.name) if is_uri(cfg.run.storage) else str(results)
@@ -123,18 +117,7 @@ def prepare_sweep(cfg: SweepConfig, console: Console, *, overwrite: bool = False
     """Check every input and build the tokenized splits, writing nothing."""
     cfg = cfg.with_run_name()
     space = load_space(cfg.search.space)
-    out = results_dir(cfg)
-    if out.exists() and not overwrite:
-        raise UserError(
-            f"run.name={cfg.run.name}: {out} already exists; choose another run.name, finish "
-            f"it with `medtune sweep --resume {out}`, or pass --overwrite to replace it"
-        )
-    if is_uri(cfg.run.storage) and not overwrite and run_exists(storage_location(cfg, out)):
-        raise UserError(
-            f"run.name={cfg.run.name}: {cfg.run.name} already exists under run.storage="
-            f"{redact_text(cfg.run.storage)}; choose another run.name, or pass --overwrite to "
-            "replace it"
-        )
+    check_new_run(cfg, overwrite)
     records, report = read_records(cfg.data)
     splits = split_records(
         records,

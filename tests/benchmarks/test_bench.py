@@ -18,7 +18,7 @@ from tune.cluster import ray_jemalloc
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_bench_smoke(tmp_path, model_cache):
     args = [
         "--model",

@@ -19,7 +19,7 @@ from tests.conftest import load_benchmark
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_peer_and_asha_benchmarks_produce_their_numbers(tmp_path, model_cache, ray_2_cpus):
     import ray
 

@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import load_benchmark
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning two trials needs 2 cores")
 def test_pinning_benchmark_produces_its_numbers(tmp_path, model_cache, ray_2_cpus):
     out = load_benchmark("pinning.py").main(

@@ -105,17 +105,29 @@ NOT_RESULTS = "not a medtune results folder (no medtune.yaml)"
         (["sweep", "run.storage=ftp://bucket"], "'ftp://' is not a storage Ray can write to"),
         (["sweep", "data.source=table", "data.path=nope.csv"], "data.path=nope.csv: no such"),
         (["data", "inspect", "data.source=table", "data.path=nope.csv"], "data.path=nope.csv"),
+        (["sweep", "run.name=taken"], "run.name=taken: "),
         (["sweep", "--resume", "."], NOT_RESULTS),
         (["export", "."], NOT_RESULTS),
         (["generate", "."], NO_EXPORT),
         (["serve", "."], NO_EXPORT),
     ],
-    ids=["config", "storage", "data-path", "inspect", "resume", "export", "generate", "serve"],
+    ids=[
+        "config",
+        "storage",
+        "data-path",
+        "inspect",
+        "taken",
+        "resume",
+        "export",
+        "generate",
+        "serve",
+    ],
 )
 def test_bad_input_is_answered_before_torch_and_ray_load(tmp_path, args, needle):
     # Bad input costs under a second: asserted on what the refusing process imported, not on
     # time (export, generate and serve took 6-7 s, config errors 1.8 s, when they imported
     # torch or Ray first). The same `main` the executable runs, in a fresh interpreter.
+    (tmp_path / "results" / "taken").mkdir(parents=True)  # a run.name some sweep has taken
     code = (
         "import sys; from tune.cli import main; rc = main(sys.argv[1:]); "
         "print('torch' in sys.modules, 'ray' in sys.modules); sys.exit(rc)"
