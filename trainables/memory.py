@@ -3,11 +3,13 @@ can check it in a fresh process in a second."""
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import functools
 import gc
 import os
 
-__all__ = ["release_memory"]
+__all__ = ["release_memory", "skip_collection_at_exit"]
 
 _ALL_ARENAS = 4096  # jemalloc's MALLCTL_ARENAS_ALL
 
@@ -32,3 +34,16 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass  # not glibc (macOS, musl): nothing to trim
+
+
+@functools.cache  # one exit handler, however often it is called
+def skip_collection_at_exit() -> None:
+    """Have this process skip the garbage collection Python runs as it exits.
+
+    With torch, transformers and peft loaded that collection takes 2.4 s of a core, after the
+    work is done: in every trial process Tune stops (2.17 s there, 0.39 s with this) and every
+    `medtune` command. `gc.freeze()` in an exit handler moves every object out of the
+    collector's reach first; Python's exit handlers run before its final collections. Objects
+    freed by reference count (a module's open files, say) are closed as before; a cycle left
+    at exit is not collected, which Python never promised to do."""
+    atexit.register(gc.freeze)

@@ -34,7 +34,7 @@ from trainables.config import ModelConfig, TrainConfig
 from trainables.evaluation import answer_loss, decision_accuracy, perplexity
 from trainables.faults import fault_from_env
 from trainables.loss import answer_token_loss
-from trainables.memory import release_memory
+from trainables.memory import release_memory, skip_collection_at_exit
 from trainables.models import (
     BaseWeights,
     linear_weights_seen_as_fp32,
@@ -50,6 +50,7 @@ from trainables.scratch import trial_scratch
 __all__ = ["TrialSettings", "train_lora"]
 
 log = logging.getLogger(__name__)
+skip_collection_at_exit()  # in each trial process: Tune stops it once its trials are done
 
 
 @dataclass(frozen=True)

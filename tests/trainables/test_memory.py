@@ -49,3 +49,26 @@ def test_release_memory_gives_freed_heap_back_to_the_os(trim, allocator):
         assert freed - after > 150, (freed, after)
     else:
         assert freed - after < 50, (freed, after)
+
+
+def test_the_console_script_skips_the_collection_at_exit(tmp_path):
+    # A handler registered first runs last, after medtune's: it sees what Python's final
+    # collections would. `sweep train.max_steps=0`: refused at once, exit 2.
+    code = (
+        "import atexit, gc, sys; "
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0)); "
+        "sys.argv = ['medtune', 'sweep', 'train.max_steps=0']; "
+        "from tune.cli import run; run()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout.split() == ["frozen", "True"]
+
+
+def test_a_trial_process_skips_the_collection_at_exit():
+    import trainables.trainable  # noqa: F401  (what every trial process imports)
+    from trainables.memory import skip_collection_at_exit
+
+    assert skip_collection_at_exit.cache_info().currsize == 1  # its exit handler is in place
