@@ -118,11 +118,13 @@ def ray_2_cpus():
     if ray.is_initialized() and ray.cluster_resources().get("CPU") != 2:
         ray.shutdown()
     if not ray.is_initialized():
-        from tune.cluster import use_no_idle_workers
+        from tune.cluster import use_trial_worker_settings
 
-        # Without the worker processes Ray starts ahead of any work, as medtune's own start
-        # does: Tune's trials never run in them (tune/cluster.py).
-        use_no_idle_workers()
+        # Trial processes as medtune's own start runs them (tune/cluster.py): no idle workers
+        # ahead of any work, jemalloc, and niceness 0. At Ray's 15 a trial here starved
+        # beside the other pytest workers' processes: the failing-trial test of
+        # tests/trainables/test_trainable.py took 135.15 s beside two busy loops, 24 s alone.
+        use_trial_worker_settings()
         # "local": a bare ray.init() joins the newest `ray start` cluster on this machine, such
         # as the two-node cluster of tests/tune/test_storage.py running in the other worker.
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

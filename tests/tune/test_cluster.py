@@ -9,6 +9,7 @@ from ray.cluster_utils import Cluster
 from rich.console import Console
 
 from tests.conftest import read_progress
+from tune.cluster import use_trial_worker_settings
 from tune.config import load_config
 from tune.sweep import prepare_sweep, run_sweep
 
@@ -21,6 +22,9 @@ STEPS, SAMPLES = 60, 2
 @pytest.fixture
 def cluster():
     ray.shutdown()  # this test drives its own cluster, not the session's local Ray
+    # Nodes started with the settings docs/cluster.md gives `ray start` (trials at niceness
+    # 0, on jemalloc, no idle workers), as tests/conftest.py's local Ray.
+    use_trial_worker_settings()
     # No Ray dashboard (about 3 CPU-s of a start): nothing here reads it.
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     workers = [c.add_node(num_cpus=1, resources={"trainer": 1}) for _ in range(2)]

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.tune.conftest import MEDTUNE
+from tune.cluster import use_trial_worker_settings
 from tune.sweep_state import read_sweep
 
 pytestmark = pytest.mark.slow
@@ -57,6 +58,9 @@ def cluster(s3):
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
+    # Nodes started with the settings docs/cluster.md gives `ray start` (trials at niceness
+    # 0, on jemalloc, no idle workers), as tests/conftest.py's local Ray.
+    use_trial_worker_settings()
     # No Ray dashboard (about 3 CPU-s of a start): nothing here reads it.
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     for _ in range(2):
