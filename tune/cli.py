@@ -207,12 +207,12 @@ def _sweep(args, console: Console) -> int:
             started = time.monotonic()
             cfg, summary = resume_sweep(args.resume, console, num_samples=more)
             return _finish(args, cfg, summary, args.resume.resolve(), started, console)
-    from tune.run_layout import check_new_run
+    from tune.run_layout import check_new_run, results_dir
 
     cfg = cfg.with_run_name()
     check_new_run(cfg, args.overwrite)  # a taken run.name is refused before torch and Ray load
     _quiet_libraries()
-    from tune.sweep import prepare_sweep, results_dir, run_sweep
+    from tune.sweep import prepare_sweep, run_sweep
 
     started = time.monotonic()
     prep = prepare_sweep(cfg, console, overwrite=args.overwrite)
