@@ -57,7 +57,7 @@ test: install browser
 	# otherwise order files by their number of tests and leave the longest for last). The 2
 	# cores are busy throughout (94% on average): more workers would not help, less work would
 	# (pytest 371.24-510.10 s in quiet clean clones, 2026-11-30 and 12-01, as fast as the machine
-	# was; 615.14-717.93 s on an AVX2-only EPYC, 2026-12-01, and 661.35-700.81 s there without
+	# was; 615.14-717.93 s on an AVX2-only EPYC, 2026-12-01, and 647.16-700.81 s there without
 	# the benchmarks' runs; BENCHMARKS.md, sixteenth to twenty-first sessions).
 	# The benchmarks' own runs at their smallest size (`-m bench`: 415.97 s of the workers' time
 	# in one run) are `make bench-check`'s: they test the measuring scripts, not medtune.
