@@ -19,13 +19,12 @@ import argparse
 import os
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 from rich.console import Console
 
 from tune.console import make_console
-from tune.run_lock import sweep_lock
+from tune.run_lock import refuse_if_held, sweep_lock
 
 __all__ = ["main", "run"]
 
@@ -199,27 +198,27 @@ def _sweep(args, console: Console) -> int:
     saved = load_saved_config(args.resume) if args.resume else None
     if more is not None:
         check_more_trials(args.resume, saved, more)
-    if args.resume:  # refused at once when another medtune process works on this sweep
-        with sweep_lock(args.resume, "medtune sweep --resume"):
-            _quiet_libraries()
-            from tune.sweep import resume_sweep
-
-            started = time.monotonic()
-            cfg, summary = resume_sweep(args.resume, console, num_samples=more)
-            return _finish(args, cfg, summary, args.resume.resolve(), started, console)
     from tune.run_layout import check_new_run, results_dir
 
+    if args.resume:
+        refuse_if_held(args.resume)  # at once; resume_sweep takes the lock itself
+        _quiet_libraries()
+        from tune.sweep import resume_sweep
+
+        started = time.monotonic()
+        cfg, summary = resume_sweep(args.resume, console, num_samples=more)
+        return _finish(args, cfg, summary, args.resume.resolve(), started, console)
     cfg = cfg.with_run_name()
     check_new_run(cfg, args.overwrite)  # a taken run.name is refused before torch and Ray load
+    if args.overwrite:
+        refuse_if_held(results_dir(cfg))  # at once; run_sweep takes the lock itself
     _quiet_libraries()
     from tune.sweep import prepare_sweep, run_sweep
 
     started = time.monotonic()
     prep = prepare_sweep(cfg, console, overwrite=args.overwrite)
-    out = results_dir(prep.cfg)
-    with sweep_lock(out, "medtune sweep"):  # before --overwrite deletes anything
-        summary = run_sweep(prep, console, overwrite=args.overwrite)
-        return _finish(args, prep.cfg, summary, out, started, console)
+    summary = run_sweep(prep, console, overwrite=args.overwrite)
+    return _finish(args, prep.cfg, summary, results_dir(prep.cfg), started, console)
 
 
 def _finish(args, cfg, summary: dict, out: Path, started: float, console: Console) -> int:
@@ -242,7 +241,7 @@ def _finish(args, cfg, summary: dict, out: Path, started: float, console: Consol
     if args.no_export:
         console.print(f"Export later with: medtune export {out}")
         return 0
-    return _export(out, console, None, locked=True)
+    return _export(out, console, None)
 
 
 def _duration(seconds: float) -> str:
@@ -297,8 +296,7 @@ def _every_trial_failed(summary: dict, out: Path) -> int:
     return 1
 
 
-def _export(results: Path, console: Console, out: Path | None, locked: bool = False) -> int:
-    """`locked`: this process already holds the sweep's lock (the export after a sweep)."""
+def _export(results: Path, console: Console, out: Path | None) -> int:
     from tune.config import load_saved_config
     from tune.export_layout import check_sweep_finished
 
@@ -306,7 +304,7 @@ def _export(results: Path, console: Console, out: Path | None, locked: bool = Fa
     # again for callers in Python).
     load_saved_config(results)
     check_sweep_finished(results.resolve())
-    with nullcontext() if locked else sweep_lock(results, "medtune export"):
+    with sweep_lock(results, "medtune export"):
         _quiet_libraries()
         from tune.export import export_best
 

@@ -1,7 +1,8 @@
 """One medtune process at a time on a sweep's results folder.
 
-`medtune sweep` (new, `--overwrite` or `--resume`) and `medtune export` hold an exclusive lock
-on `<parent>/.<name>.lock` while they run. A second one on the same sweep is refused with one
+A sweep (`tune.sweep.run_sweep` and `resume_sweep`, so `medtune sweep` new, `--overwrite` or
+`--resume`) and `medtune export` hold an exclusive lock on `<parent>/.<name>.lock` while they
+run. A second one on the same sweep is refused with one
 line naming the first (its command, pid and start), before it writes anything: without it, a
 `--resume` of a sweep still running started a second driver on the same experiment state (its
 trials ran twice, both drivers rewrote the state), `--overwrite` deleted a running sweep's
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from tune.errors import UserError
 
-__all__ = ["holder", "lock_path", "sweep_lock"]
+__all__ = ["holder", "lock_path", "refuse_if_held", "sweep_lock"]
 
 # `holder` takes a shared lock for an instant; a sweep starting then tries again this often.
 _TRIES, _PAUSE_S = 10, 0.02
@@ -73,17 +74,28 @@ def _locked(path: Path, results: Path) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise UserError(
-                f"{Path(results)}: {holder or 'another medtune process'} is working on this "
-                "sweep; wait for it to end, or stop it (Ctrl-C in its terminal), then run this "
-                "again"
-            ) from None
+            raise _busy(results, holder or "another medtune process") from None
         try:
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 return fd
         except FileNotFoundError:
             pass  # deleted by the holder that just let go: lock the new one
         os.close(fd)
+
+
+def _busy(results: Path, holder: str) -> UserError:
+    return UserError(
+        f"{Path(results)}: {holder} is working on this sweep; wait for it to end, or stop it "
+        "(Ctrl-C in its terminal), then run this again"
+    )
+
+
+def refuse_if_held(results: Path) -> None:
+    """Raise what `sweep_lock` would if a process holds the lock now: a command's answer
+    before it loads torch and Ray (the lock itself is taken where the work starts)."""
+    running = holder(results)
+    if running:
+        raise _busy(results, running)
 
 
 def holder(results: Path) -> str | None:

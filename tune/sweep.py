@@ -63,6 +63,7 @@ from tune.interrupt import ctrl_c_stops_tune
 from tune.progress import SweepProgress
 from tune.redact import redact, redact_text
 from tune.run_layout import check_new_run, results_dir
+from tune.run_lock import sweep_lock
 from tune.scheduler import ComparingASHA
 from tune.storage import (
     MirrorResults,
@@ -172,7 +173,13 @@ def _check_leakage(splits: dict[str, list[Record]], cfg: SweepConfig, console: C
 
 
 def run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool = False) -> dict:
-    """Write the results folder, run the sweep on Ray, and return its summary."""
+    """Write the results folder, run the sweep on Ray, and return its summary; under the
+    sweep's lock (`tune/run_lock.py`) from before `overwrite` deletes anything to the end."""
+    with sweep_lock(results_dir(prep.cfg), "medtune sweep"):
+        return _run_sweep(prep, console, overwrite=overwrite)
+
+
+def _run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool) -> dict:
     cfg = prep.cfg
     out = results_dir(cfg)
     location = storage_location(cfg, out)
@@ -334,7 +341,14 @@ def resume_sweep(
     finished ones are not run again, and the searcher continues from its saved state.
 
     `num_samples` above the saved `search.num_samples` extends the sweep (finished or not)
-    with more trials, sampled by the restored Optuna study."""
+    with more trials, sampled by the restored Optuna study. Under the sweep's lock."""
+    with sweep_lock(results, "medtune sweep --resume"):
+        return _resume_sweep(results, console, num_samples)
+
+
+def _resume_sweep(
+    results: Path, console: Console, num_samples: int | None
+) -> tuple[SweepConfig, dict]:
     results = results.resolve()
     cfg = load_saved_config(results)
     location = storage_location(cfg, results)

@@ -182,3 +182,27 @@ def test_a_folder_it_cannot_write_beside_is_one_line(tmp_path):
     with pytest.raises(UserError, match="cannot create its lock file .*: run it where"):
         with sweep_lock(parent / "sweep", "medtune export"):
             pass
+
+
+def test_a_sweep_run_from_python_takes_the_lock_itself(sweep):
+    """`run_sweep` and `resume_sweep` hold the lock, not only the `medtune` commands: refused
+    while another holds it, before `overwrite` deletes anything (and a sweep run from Python
+    reads as running on the dashboard, not as "driver gone")."""
+    from rich.console import Console
+
+    from tune.config import load_config
+    from tune.sweep import prepare_sweep, resume_sweep, run_sweep
+
+    out, _ = sweep
+    before = snapshot(out)
+    quiet = Console(quiet=True)
+    overrides = ["model.name=tiny-random", "data.max_records=40"]
+    cfg = load_config(None, [*overrides, f"run.storage={out.parent}", f"run.name={out.name}"])
+    prep = prepare_sweep(cfg, quiet, overwrite=True)
+    with sweep_lock(out, "medtune export"):
+        busy = "medtune export \\(pid .*\\) is working on this sweep"
+        with pytest.raises(UserError, match=busy):
+            resume_sweep(out, quiet)
+        with pytest.raises(UserError, match=busy):
+            run_sweep(prep, quiet, overwrite=True)
+    assert snapshot(out) == before
