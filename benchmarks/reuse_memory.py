@@ -30,9 +30,24 @@ sys.path.insert(0, str(HERE))
 from bench import _cpu_name, _rollup, _version  # noqa: E402
 
 
-def trial_processes() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ray::ImplicitFunc" in line]
+def trial_processes(driver: int) -> list[int]:
+    """The trial processes (`ray::ImplicitFunc`) of the sweep whose driver is `driver`: the
+    local Ray it starts is its child, the trial processes that Ray's grandchildren. Only
+    those: other Ray instances on the machine (a test suite's) have trial processes too."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(driver).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    pids = []
+    for child in descendants:
+        try:
+            if "ray::ImplicitFunc" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+        except psutil.Error:  # it ended meanwhile
+            continue
+    return pids
 
 
 def run_side(side: str, args, work: Path) -> dict:
@@ -64,7 +79,7 @@ def run_side(side: str, args, work: Path) -> dict:
     with open(work / f"{side}.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         while proc.poll() is None:
-            for pid in trial_processes():
+            for pid in trial_processes(proc.pid):
                 if (r := _rollup(pid)) is not None:
                     samples.setdefault(pid, []).append(r["uss"] / 1024)
             time.sleep(0.5)
@@ -88,14 +103,14 @@ def run_side(side: str, args, work: Path) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     runs = []
     started = datetime.now().isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +137,7 @@ def main() -> None:
         "machine": {
             "processor": _cpu_name(),
             "cores": os.cpu_count(),
-            "load_average_at_end": os.getloadavg(),
+            "load_average_at_end": list(os.getloadavg()),
             **{p: _version(p) for p in ("torch", "transformers", "peft", "ray")},
         },
         "sizes": {"model": args.model, "trials": args.trials, "steps": args.steps},
@@ -136,6 +151,7 @@ def main() -> None:
     path = args.out / f"{datetime.now():%Y%m%d-%H%M%S}-reuse-memory-{args.model}.json"
     path.write_text(json.dumps(out, indent=2))
     print(f"written: {path}")
+    return out
 
 
 if __name__ == "__main__":

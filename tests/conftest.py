@@ -31,6 +31,7 @@ LONGEST_FIRST = [
     "tests/trainables/test_trainable.py",  # 93
     "tests/tune/test_scheduler.py",  # 92
     "tests/tune/test_faults.py",  # 92
+    "tests/benchmarks/test_reuse_memory.py",  # 75 alone: two sweeps (twenty-second session)
     "tests/tune/test_dashboard.py",  # 73
     "tests/tune/test_serve.py",  # 71, with the wait for the shared sweep
     "tests/tune/test_cluster.py",  # 57-102: one test
