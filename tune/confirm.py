@@ -25,7 +25,7 @@ from tune.cluster import start_ray
 from tune.config import SweepConfig
 from tune.controller import kill_actors_that_never_started
 from tune.errors import UserError
-from tune.interrupt import Interrupted, ctrl_c_stops_tune
+from tune.interrupt import Interrupted, signals_stop_tune
 from tune.progress import SweepProgress
 from tune.sweep import (
     saved_training_data,
@@ -111,7 +111,7 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
             verbose=0,
         ),
     )
-    with ctrl_c_stops_tune(console, "Stopping the confirmation runs; nothing is exported") as stop:
+    with signals_stop_tune(console, "Stopping the confirmation runs; nothing is exported") as stop:
         grid = tuner.fit()
     if stop.requested:  # a mean over the runs that happened to end would pick blindly
         raise Interrupted(

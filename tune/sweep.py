@@ -59,7 +59,7 @@ from tune.controller import (
 )
 from tune.data_report import data_summary, encode_splits
 from tune.errors import UserError
-from tune.interrupt import ctrl_c_stops_tune
+from tune.interrupt import signals_stop_tune
 from tune.progress import SweepProgress
 from tune.redact import redact, redact_text
 from tune.run_layout import check_new_run, results_dir
@@ -203,7 +203,7 @@ def _run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool) -> dic
         + (f" (checkpoints in {redact_text(location)})" if is_uri(location) else "")
     )
     stopping = f"Stopping the sweep; its state is saved for `medtune sweep --resume {out}`"
-    with ctrl_c_stops_tune(console, stopping) as stop:
+    with signals_stop_tune(console, stopping) as stop:
         grid = tuner.fit()
     summary = _summarize(grid, cfg, _unfinished(grid) if stop.requested else None)
     _write_summary(summary, out, location)
@@ -384,7 +384,7 @@ def _resume_sweep(
     (results / "sweep_summary.json").unlink(missing_ok=True)
     console.print(f"Resuming sweep [bold]{cfg.run.name}[/] from {redact_text(location)}")
     stopping = f"Stopping the sweep; its state is saved for `medtune sweep --resume {results}`"
-    with ctrl_c_stops_tune(console, stopping) as stop:
+    with signals_stop_tune(console, stopping) as stop:
         grid = tuner.fit()
     summary = _summarize(grid, cfg, _unfinished(grid) if stop.requested else None)
     _write_summary(summary, results, location)

@@ -3,7 +3,8 @@ nothing, and exits 130; its trial is `unfinished` (not "stopped early"), export 
 the dashboard shows it interrupted, and `medtune sweep --resume` trains it to its end. Ctrl-C
 during that resume's export (the confirmation runs) stops the export: exit 130, nothing
 exported, no confirmation kept to be reused. The signal goes to the driver's whole process
-group, as a terminal sends it. One trial (one trial process per run: each costs ~5 CPU-s)."""
+group, as a terminal sends it. One trial (one trial process per run: each costs ~5 CPU-s).
+SIGTERM takes the same path, checked on a Tune run of a trainable that only counts."""
 
 import json
 import os
@@ -128,3 +129,58 @@ def test_ctrl_c_stops_the_sweep_which_resumes_and_then_its_export(tmp_path, mode
     assert [t["status"] for t in summary["trials"]] == ["completed"] * SAMPLES
     assert all(t["last_step"] == STEPS for t in summary["trials"])
     assert not read_sweep(out).interrupted
+
+
+def _sigterm_at_third_report():
+    """A Tune callback that sends this process SIGTERM, as a job scheduler or Kubernetes sends
+    it to the driver, when the trial's third report arrives."""
+    from ray.tune import Callback
+
+    class SigtermAt(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result["i"] == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return SigtermAt()
+
+
+def _counting(config):
+    from ray import tune as ray_tune
+
+    for i in range(300):
+        ray_tune.report({"i": i})
+        time.sleep(0.05)
+
+
+def test_sigterm_stops_a_tune_run_as_ctrl_c_does_and_a_second_one_quits(ray_2_cpus, tmp_path):
+    """SIGTERM to the driver takes the Ctrl-C path above: Tune stops its run gracefully (the
+    state saved for a resume), the stop is said at once; Ray's own handler (stop the local Ray
+    and exit 1) is back after the run. A real Tune run of a trainable that only counts."""
+    import io
+
+    from ray import tune as ray_tune
+
+    from tune.interrupt import signals_stop_tune
+
+    rays_handler = signal.getsignal(signal.SIGTERM)
+    shown = io.StringIO()
+    with signals_stop_tune(Console(file=shown), "Stopping the run") as stop:
+        grid = ray_tune.Tuner(
+            _counting,
+            run_config=ray_tune.RunConfig(
+                storage_path=str(tmp_path),
+                name="counting",
+                callbacks=[_sigterm_at_third_report()],
+                verbose=0,
+            ),
+        ).fit()
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):  # a second SIGTERM quits at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs within this
+    assert signal.getsignal(signal.SIGTERM) is rays_handler
+    assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+    assert "Stopping the run (SIGTERM received; another quits at once)" in shown.getvalue()
+    (result,) = grid
+    assert result.error is None and 2 <= result.metrics["i"] < 299  # stopped, not finished
+    assert ray_tune.Tuner.can_restore(str(tmp_path / "counting"))
