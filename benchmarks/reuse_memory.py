@@ -1,13 +1,15 @@
 """`make bench`: does a reused trial process give back the memory of the trial before it?
 
     python benchmarks/reuse_memory.py [--model smollm2-135m] [--trials 8] [--repeats 3]
+                                      [--cpus-per-trial 1]
 
-Runs the real CLI (`medtune sweep --no-export`, FIFO, `run.reuse_actors=true`, 2 slots of 1
-CPU) with many short trials, so each trial process runs several trials in turn, and samples
-the private memory (USS, /proc/<pid>/smaps_rollup) of every trial process (`ray::ImplicitFunc`)
-every 0.5 s. Two sides, alternating: "trim" (medtune as shipped: `release_memory` after each
-trial, gc + glibc's malloc_trim) and "no_trim" (`MEDTUNE_MALLOC_TRIM=0`). Reported: each
-process's USS at its first and last sample and its peak; the peak over all processes.
+Runs the real CLI (`medtune sweep --no-export`, FIFO, `run.reuse_actors=true`, trials of 1 CPU
+each: 2 slots on a 2-core machine) with many short trials, so each trial process runs several
+trials in turn, and samples the private memory (USS, /proc/<pid>/smaps_rollup) of every trial
+process of that sweep (`ray::ImplicitFunc`) every 0.5 s. Two sides, alternating: "trim"
+(medtune as shipped: `release_memory` after each trial, gc + glibc's malloc_trim) and
+"no_trim" (`MEDTUNE_MALLOC_TRIM=0`). Reported: each process's USS at its first and last sample
+and its peak; the peak over all processes.
 Results: benchmarks/results/<date>-reuse-memory-<model>.json.
 """
 
@@ -69,7 +71,7 @@ def run_side(side: str, args, work: Path) -> dict:
         "train.per_device_batch_size=2",
         "train.eval_max_examples=8",
         "scheduler.name=fifo",
-        "resources.cpus_per_trial=1",
+        f"resources.cpus_per_trial={args.cpus_per_trial}",
         "run.reuse_actors=true",
         f"run.storage={work}",
         f"run.name={side}",
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cpus-per-trial", type=int, default=1, help="fewer slots, more reuse")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     runs = []
@@ -140,7 +143,12 @@ def main(argv: list[str] | None = None) -> dict:
             "load_average_at_end": list(os.getloadavg()),
             **{p: _version(p) for p in ("torch", "transformers", "peft", "ray")},
         },
-        "sizes": {"model": args.model, "trials": args.trials, "steps": args.steps},
+        "sizes": {
+            "model": args.model,
+            "trials": args.trials,
+            "steps": args.steps,
+            "cpus_per_trial": args.cpus_per_trial,
+        },
         "summary": {
             side: {k: spread(side, k) for k in ("peak_uss_mib", "wall_s")}
             for side in ("trim", "no_trim")
