@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,8 +61,10 @@ def signals_stop_tune(console: Console, stopping: str) -> Iterator[StopRequest]:
         _TUNE_RUN_LOGGER.setLevel(logging.CRITICAL)
         again = "Ctrl-C again" if signum == signal.SIGINT else "SIGTERM received; another"
         console.print(f"\n{stopping} ({again} quits at once)")
+        threading.Thread(target=_quit_if_local_ray_dies, args=(console, done), daemon=True).start()
         os.kill(os.getpid(), signal.SIGUSR1)
 
+    done = threading.Event()  # the block has ended
     before_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     before_level = _TUNE_RUN_LOGGER.level
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
@@ -69,6 +72,7 @@ def signals_stop_tune(console: Console, stopping: str) -> Iterator[StopRequest]:
     try:
         yield stop
     finally:
+        done.set()
         for signum, handler in before.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set in C
         _TUNE_RUN_LOGGER.setLevel(before_level)
@@ -76,3 +80,24 @@ def signals_stop_tune(console: Console, stopping: str) -> Iterator[StopRequest]:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = before_env
+
+
+def _quit_if_local_ray_dies(console: Console, done: threading.Event) -> None:
+    """While Tune stops, watch the Ray this process started: a SIGTERM sent to the whole process
+    group (`timeout`, Slurm's scancel, systemd) stops its raylet too, and Tune then waits for
+    it forever, in calls no signal interrupts. Quit as Ray's own SIGTERM handler would: stop
+    what is left of that Ray and exit (130), the state as last saved, as after a killed driver
+    (`--resume` goes on from it)."""
+    from ray._private import worker
+
+    node = worker._global_node  # owns no processes when this process joined a cluster
+    while node is not None and not done.wait(0.1):
+        if any(kind == "raylet" for kind, _ in node.dead_processes()):
+            console.print(
+                "Ray's processes on this machine were stopped by the same signal: quitting, "
+                "the state as last saved"
+            )
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)  # the main thread is blocked in Ray's calls: only this ends it

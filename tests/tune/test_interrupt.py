@@ -4,7 +4,9 @@ the dashboard shows it interrupted, and `medtune sweep --resume` trains it to it
 during that resume's export (the confirmation runs) stops the export: exit 130, nothing
 exported, no confirmation kept to be reused. The signal goes to the driver's whole process
 group, as a terminal sends it. One trial (one trial process per run: each costs ~5 CPU-s).
-SIGTERM takes the same path, checked on a Tune run of a trainable that only counts."""
+SIGTERM takes the same path, checked on a Tune run of a trainable that only counts; sent to the
+whole process group, it stops the sweep's own Ray too, and the sweep quits instead of waiting
+for it."""
 
 import json
 import os
@@ -184,3 +186,25 @@ def test_sigterm_stops_a_tune_run_as_ctrl_c_does_and_a_second_one_quits(ray_2_cp
     (result,) = grid
     assert result.error is None and 2 <= result.metrics["i"] < 299  # stopped, not finished
     assert ray_tune.Tuner.can_restore(str(tmp_path / "counting"))
+
+
+def test_sigterm_to_the_whole_process_group_quits_instead_of_hanging(tmp_path, model_cache):
+    """`timeout`, Slurm's scancel and systemd send SIGTERM to every process of the job: the
+    Ray that `medtune sweep` started here stops too, and Tune's graceful stop then waited for
+    its raylet forever. medtune sees the raylet gone and quits: exit 130, the state as last
+    saved (a killed driver's, which `--resume` finishes: tests/tune/test_resume.py)."""
+    log = tmp_path / "sweep.log"
+    out = tmp_path / "results" / "stopped"
+    proc = _medtune(["sweep", *ARGS], tmp_path, log)
+    try:
+        _first_evaluation(proc, out, log)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        kill_session(proc.pid)
+    text = log.read_text()
+    assert "(SIGTERM received; another quits at once)" in text, text[-3000:]
+    assert "Ray's processes on this machine were stopped by the same signal: quitting" in text
+    assert "Traceback" not in text, text[-3000:]
+    assert not (out / "export").exists()
+    assert read_sweep(out).counts["completed"] == 0
