@@ -85,9 +85,9 @@ def signals_stop_tune(console: Console, stopping: str) -> Iterator[StopRequest]:
 def _quit_if_local_ray_dies(console: Console, done: threading.Event) -> None:
     """While Tune stops, watch the Ray this process started: a SIGTERM sent to the whole process
     group (`timeout`, Slurm's scancel, systemd) stops its raylet too, and Tune then waits for
-    it forever, in calls no signal interrupts. Quit as Ray's own SIGTERM handler would: stop
-    what is left of that Ray and exit (130), the state as last saved, as after a killed driver
-    (`--resume` goes on from it)."""
+    it in calls no signal interrupts (until killed, or 60 s if the GCS went too). Quit as
+    Ray's own SIGTERM handler would: stop what is left of that Ray and exit (130), the state
+    as last saved, as after a killed driver (`--resume` goes on from it)."""
     from ray._private import worker
 
     node = worker._global_node  # owns no processes when this process joined a cluster
