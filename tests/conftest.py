@@ -28,6 +28,7 @@ LONGEST_FIRST = [
     "tests/tune/test_storage.py",  # 122
     "tests/tune/test_resume.py",  # 99-175: one test
     "tests/tune/test_data_report.py",  # 27: 12 tests
+    "tests/tune/test_interrupt.py",  # 141 alone: three tests (twenty-second session)
     "tests/trainables/test_trainable.py",  # 93
     "tests/tune/test_scheduler.py",  # 92
     "tests/tune/test_faults.py",  # 92
@@ -36,7 +37,6 @@ LONGEST_FIRST = [
     "tests/tune/test_serve.py",  # 71, with the wait for the shared sweep
     "tests/tune/test_cluster.py",  # 57-102: one test
     "tests/trainables/test_models.py",  # 34: 10 tests
-    "tests/tune/test_interrupt.py",  # 61-67: one test (nineteenth session)
     "tests/tune/test_resume_order.py",  # 56
     "tests/benchmarks/test_bench.py",  # 56
     "tests/tune/test_e2e.py",  # 43
