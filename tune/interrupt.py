@@ -90,7 +90,8 @@ def _quit_if_local_ray_dies(console: Console, done: threading.Event) -> None:
     as last saved, as after a killed driver (`--resume` goes on from it)."""
     from ray._private import worker
 
-    node = worker._global_node  # owns no processes when this process joined a cluster
+    # The Node that `ray.init` started; it owns no processes when this process joined a cluster.
+    node = getattr(worker, "_global_node", None)  # Ray's private API: absent, nothing to watch
     while node is not None and not done.wait(0.1):
         if any(kind == "raylet" for kind, _ in node.dead_processes()):
             console.print(
