@@ -64,17 +64,23 @@ def _first_evaluation(proc: subprocess.Popen, out: Path, log: Path, trials="tria
         time.sleep(0.1)
 
 
-def test_ctrl_c_stops_the_sweep_which_resumes_and_then_its_export(tmp_path, model_cache):
+def _sweep_stopped_by(signum: int, tmp_path: Path) -> tuple[Path, str]:
+    """`medtune sweep` (ARGS) with `signum` sent to its whole process group after its first
+    evaluation: its results folder and its output, once it has exited 130."""
     out = tmp_path / "results" / "stopped"
     log = tmp_path / "sweep.log"
     proc = _medtune(["sweep", *ARGS], tmp_path, log)
     try:
         _first_evaluation(proc, out, log)
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signum)
         assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
     finally:
         kill_session(proc.pid)
-    text = log.read_text()
+    return out, log.read_text()
+
+
+def test_ctrl_c_stops_the_sweep_which_resumes_and_then_its_export(tmp_path, model_cache):
+    out, text = _sweep_stopped_by(signal.SIGINT, tmp_path)
     assert f"Stopping the sweep; its state is saved for `medtune sweep --resume {out}`" in text
     assert "Sweep interrupted: " in text and "Sweep done" not in text, text[-3000:]
     assert f"Nothing exported. Go on with: medtune sweep --resume {out}" in text
@@ -194,16 +200,7 @@ def test_sigterm_to_the_whole_process_group_quits_instead_of_hanging(tmp_path, m
     its raylet (until killed, or 60 s if the GCS went too, then exit 1). medtune sees the
     raylet gone and quits: exit 130, the state as last saved (a killed driver's, which
     `--resume` finishes: tests/tune/test_resume.py)."""
-    log = tmp_path / "sweep.log"
-    out = tmp_path / "results" / "stopped"
-    proc = _medtune(["sweep", *ARGS], tmp_path, log)
-    try:
-        _first_evaluation(proc, out, log)
-        os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
-    finally:
-        kill_session(proc.pid)
-    text = log.read_text()
+    out, text = _sweep_stopped_by(signal.SIGTERM, tmp_path)
     assert "(SIGTERM received; another quits at once)" in text, text[-3000:]
     assert "Ray's processes on this machine were stopped by the same signal: quitting" in text
     assert "Traceback" not in text, text[-3000:]
