@@ -57,10 +57,9 @@ test: install browser
 	# otherwise order files by their number of tests and leave the longest for last). The 2
 	# cores are busy throughout (94% on average): more workers would not help, less work would
 	# (pytest 371.24-510.10 s in quiet clean clones, 2026-11-30 and 12-01, as fast as the machine
-	# was; 615.14-717.93 s on an AVX2-only EPYC, 2026-12-01, and 647.16-700.81 s there without
-	# the benchmarks' runs; BENCHMARKS.md, sixteenth to twenty-first sessions).
-	# The benchmarks run too, each once at its smallest size (`-m bench`, about 2 minutes of
-	# the run here): issue 7 asks that `make test` check each produces its numbers.
+	# was; 615.14-717.93 s on an AVX2-only EPYC, 2026-12-01; BENCHMARKS.md, sixteenth to
+	# twenty-second sessions). The benchmarks run too, each once at its smallest size (`-m
+	# bench`), as issue 7 asks: on that EPYC 794.32-814.75 s with them, 647.16-700.81 s without.
 	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15
 
 # While developing: the tests that run no sweep, cluster or benchmark through Ray (`-m "not slow
