@@ -162,8 +162,8 @@ def _counting(config):
 
 def test_sigterm_stops_a_tune_run_as_ctrl_c_does_and_a_second_one_quits(ray_2_cpus, tmp_path):
     """SIGTERM to the driver takes the Ctrl-C path above: Tune stops its run gracefully (the
-    state saved for a resume), the stop is said at once; Ray's own handler (stop the local Ray
-    and exit 1) is back after the run. A real Tune run of a trainable that only counts."""
+    state saved for a resume), the stop is said at once; Ray's own handler (which exits at
+    once) is back after the run. A real Tune run of a trainable that only counts."""
     import io
 
     from ray import tune as ray_tune
