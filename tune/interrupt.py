@@ -84,16 +84,22 @@ def signals_stop_tune(console: Console, stopping: str) -> Iterator[StopRequest]:
 
 def _quit_if_local_ray_dies(console: Console, done: threading.Event) -> None:
     """While Tune stops, watch the Ray this process started: a SIGTERM sent to the whole process
-    group (`timeout`, Slurm's scancel, systemd) stops its raylet too, and Tune then waits for
-    it in calls no signal interrupts (until killed, or 60 s if the GCS went too). Quit as
-    Ray's own SIGTERM handler would: stop what is left of that Ray and exit (130), the state
-    as last saved, as after a killed driver (`--resume` goes on from it)."""
+    group (`timeout`, Slurm's scancel, systemd) stops its processes too, and once its raylet is
+    gone Tune waits for it in calls no signal interrupts (until killed, or 60 s if the GCS
+    went too). Ray's Python processes (its monitor, log monitor, dashboard) end at once on
+    SIGTERM, before the raylet has shut down: the first of the node's processes to end is the
+    cue. Quit as Ray's own SIGTERM handler would: stop what is left of that Ray and exit
+    (130), the state as last saved, as after a killed driver (`--resume` goes on from it)."""
     from ray._private import worker
 
     # The Node that `ray.init` started; it owns no processes when this process joined a cluster.
     node = getattr(worker, "_global_node", None)  # Ray's private API: absent, nothing to watch
-    while node is not None and not done.wait(0.1):
-        if any(kind == "raylet" for kind, _ in node.dead_processes()):
+    if node is None:
+        return
+    alive = [p.process for infos in node.all_processes.values() for p in infos]
+    alive = [process for process in alive if process.poll() is None]
+    while alive and not done.wait(0.05):
+        if any(process.poll() is not None for process in alive):
             console.print(
                 "Ray's processes on this machine were stopped by the same signal: quitting, "
                 "the state as last saved"

@@ -197,8 +197,8 @@ def test_sigterm_stops_a_tune_run_as_ctrl_c_does_and_a_second_one_quits(ray_2_cp
 def test_sigterm_to_the_whole_process_group_quits_instead_of_hanging(tmp_path, model_cache):
     """`timeout`, Slurm's scancel and systemd send SIGTERM to every process of the job: the
     Ray that `medtune sweep` started here stops too, and Tune's graceful stop then waited for
-    its raylet (until killed, or 60 s if the GCS went too, then exit 1). medtune sees the
-    raylet gone and quits: exit 130, the state as last saved (a killed driver's, which
+    its raylet (until killed, or 60 s if the GCS went too, then exit 1). medtune sees Ray's
+    processes end and quits: exit 130, the state as last saved (a killed driver's, which
     `--resume` finishes: tests/tune/test_resume.py)."""
     out, text = _sweep_stopped_by(signal.SIGTERM, tmp_path)
     assert "(SIGTERM received; another quits at once)" in text, text[-3000:]
