@@ -61,10 +61,14 @@ def signals_stop_tune(console: Console, stopping: str) -> Iterator[StopRequest]:
         _TUNE_RUN_LOGGER.setLevel(logging.CRITICAL)
         again = "Ctrl-C again" if signum == signal.SIGINT else "SIGTERM received; another"
         console.print(f"\n{stopping} ({again} quits at once)")
-        threading.Thread(target=_quit_if_local_ray_dies, args=(console, done), daemon=True).start()
+        watch = threading.Thread(target=_quit_if_any_ends, args=(ray_processes, console, done))
+        watch.daemon = True
+        watch.start()
         os.kill(os.getpid(), signal.SIGUSR1)
 
     done = threading.Event()  # the block has ended
+    # Taken before any signal: a group-wide one may end some of them before a handler runs.
+    ray_processes = _local_ray_processes()
     before_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     before_level = _TUNE_RUN_LOGGER.level
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
@@ -82,29 +86,32 @@ def signals_stop_tune(console: Console, stopping: str) -> Iterator[StopRequest]:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = before_env
 
 
-def _quit_if_local_ray_dies(console: Console, done: threading.Event) -> None:
+def _local_ray_processes() -> list:
+    """The live processes (Popen) of the Ray that `ray.init` started in this process; none when
+    it joined a cluster, or where a Ray upgrade drops this private API."""
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)
+    processes = [p.process for infos in getattr(node, "all_processes", {}).values() for p in infos]
+    return [process for process in processes if process.poll() is None]
+
+
+def _quit_if_any_ends(processes: list, console: Console, done: threading.Event) -> None:
     """While Tune stops, watch the Ray this process started: a SIGTERM sent to the whole process
     group (`timeout`, Slurm's scancel, systemd) stops its processes too, and once its raylet is
     gone Tune waits for it in calls no signal interrupts (until killed, or 60 s if the GCS
     went too). Ray's Python processes (its monitor, log monitor, dashboard) end at once on
-    SIGTERM, before the raylet has shut down: the first of the node's processes to end is the
-    cue. Quit as Ray's own SIGTERM handler would: stop what is left of that Ray and exit
-    (130), the state as last saved, as after a killed driver (`--resume` goes on from it)."""
-    from ray._private import worker
-
-    # The Node that `ray.init` started; it owns no processes when this process joined a cluster.
-    node = getattr(worker, "_global_node", None)  # Ray's private API: absent, nothing to watch
-    if node is None:
-        return
-    alive = [p.process for infos in node.all_processes.values() for p in infos]
-    alive = [process for process in alive if process.poll() is None]
-    while alive and not done.wait(0.05):
-        if any(process.poll() is not None for process in alive):
+    SIGTERM, before the raylet has shut down: the first of them to end is the cue. Quit as
+    Ray's own SIGTERM handler would: stop what is left of that Ray and exit (130), the state
+    as last saved, as after a killed driver (`--resume` goes on from it)."""
+    while processes and not done.wait(0.05):
+        if any(process.poll() is not None for process in processes):
             console.print(
                 "Ray's processes on this machine were stopped by the same signal: quitting, "
                 "the state as last saved"
             )
-            node.kill_all_processes(check_alive=False, allow_graceful=False)
+            for process in processes:
+                process.kill()  # what is left of them; the trial processes go with the raylet
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(130)  # the main thread is blocked in Ray's calls: only this ends it
