@@ -69,7 +69,7 @@ test-quick: install browser
 	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder -m "not slow and not bench"
 
 # The CUDA tests alone (GPU fractions, bf16/fp16, 4-bit QLoRA through export); `make test`
-# skips them without a GPU. Needs a CUDA build of torch (README, "Installing with a GPU") and,
+# skips them without a GPU. Needs a CUDA build of torch (README, "On a GPU") and,
 # for QLoRA, bitsandbytes (.venv/bin/pip install -e ".[qlora]").
 test-gpu: install
 	@$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: torch sees no CUDA GPU here')"
