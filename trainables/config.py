@@ -162,9 +162,13 @@ class TrainConfig(Section):
     eval_max_examples: int | None = Field(
         256, ge=1, description="Validation examples scored at each evaluation (whole set if empty)."
     )
-    gradient_accumulation_steps: int = Field(1, gt=0)
+    gradient_accumulation_steps: int = Field(
+        1, gt=0, description="Batches summed into one optimizer step (a step sees batch x this)."
+    )
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")
-    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "cosine"
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
+        "cosine", description="How the learning rate moves after warm-up, over train.max_steps."
+    )
     lora_alpha: float | None = Field(
         None,
         gt=0,

@@ -2,6 +2,7 @@
 
     medtune sweep [--config FILE] [--overwrite] [--no-export] [key=value ...]
     medtune sweep --resume results/<name> [search.num_samples=N]
+    medtune config [--config FILE] [key=value ...]
     medtune data inspect [--config FILE] [--json] [key=value ...]
     medtune export results/<name>
     medtune generate results/<name>/export ["question"]
@@ -49,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--debug", action="store_true", help="show tracebacks")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.max_steps=100")
+
+    config = sub.add_parser(
+        "config", help="print every config key with its value and what it does, as YAML"
+    )
+    config.add_argument("--config", help="YAML config (default: the shipped default sweep)")
+    config.add_argument("--debug", action="store_true", help="show tracebacks")
+    config.add_argument("overrides", nargs="*", metavar="key=value")
 
     data = sub.add_parser("data", help="look at the configured data before a sweep")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -113,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sweep":
             return _sweep(args, console)
+        if args.command == "config":
+            from tune.config import load_config
+            from tune.config_yaml import commented_yaml
+
+            print(commented_yaml(load_config(args.config, args.overrides)), end="")
+            return 0
         if args.command == "data":
             from tune.config import load_config
 
