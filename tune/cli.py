@@ -4,6 +4,7 @@
     medtune sweep --resume results/<name> [search.num_samples=N]
     medtune config [--config FILE] [key=value ...]
     medtune data inspect [--config FILE] [--json] [key=value ...]
+    medtune list [results] [--json]
     medtune export results/<name>
     medtune generate results/<name>/export ["question"]
     medtune serve results/<name>/export [--port N]
@@ -65,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     inspect.add_argument("--debug", action="store_true", help="show tracebacks")
     inspect.add_argument("overrides", nargs="*", metavar="key=value")
+
+    listing = sub.add_parser("list", help="the sweeps in a results folder, newest first")
+    listing.add_argument(
+        "results", type=Path, nargs="?", default=Path("results"), help="default: results"
+    )
+    listing.add_argument("--json", action="store_true", help="print the rows as JSON")
+    listing.add_argument("--debug", action="store_true", help="show tracebacks")
 
     export = sub.add_parser("export", help="export the best model of a finished sweep")
     export.add_argument("results", type=Path, help="the sweep's folder, e.g. results/<name>")
@@ -134,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             from tune.data_report import run_inspect
 
             return run_inspect(args, console)
+        if args.command == "list":
+            from tune.sweep_list import list_sweeps
+
+            return list_sweeps(args.results, console, as_json=args.json)
         if args.command in ("dashboard", "report"):
             return _dashboard(args, console)
         if args.command in ("generate", "serve"):

@@ -119,6 +119,13 @@ class SweepState:
         return out
 
     @property
+    def status(self) -> str:
+        """finished | interrupted | stopped: driver gone | in progress"""
+        if self.finished:
+            return "interrupted" if self.interrupted else "finished"
+        return "stopped: driver gone" if self.driver_gone else "in progress"
+
+    @property
     def steps_trained(self) -> int:
         """Training steps the trials have run so far (a resumed trial's counted once)."""
         return sum(t.last_step for t in self.trials)

@@ -1,0 +1,75 @@
+"""`medtune list`: the sweeps of a results folder, through the real executable, on the suite's
+shared end-to-end sweep (finished and exported) beside a folder whose config is broken."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tune.conftest import MAX_STEPS, SAMPLES
+
+MEDTUNE = str(Path(sys.executable).parent / "medtune")
+
+pytestmark = pytest.mark.slow  # the shared sweep
+
+
+def medtune_list(*args, cwd):
+    return subprocess.run(
+        [MEDTUNE, "list", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def results(sweep, tmp_path):
+    """A results folder holding the shared sweep (a link: it is not to be touched) and a
+    sweep folder whose medtune.yaml no longer parses."""
+    root = tmp_path / "results"
+    root.mkdir()
+    (root / "e2e").symlink_to(sweep[0], target_is_directory=True)
+    (root / "broken").mkdir()
+    (root / "broken" / "medtune.yaml").write_text("model: [\n")
+    (root / "notes").mkdir()  # not a sweep: left out
+    return root, sweep[0]
+
+
+def test_each_sweep_is_one_row_with_its_status_best_and_test_metric(results, tmp_path):
+    root, out = results
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    metrics = json.loads((out / "export" / "metrics.json").read_text())
+
+    proc = medtune_list(str(root), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == {"e2e", "broken"}
+    row = rows["e2e"]
+    assert row["status"] == "finished" and row["model"] == "tiny-random"
+    assert row["trials"] == row["ended"] == SAMPLES and row["errored"] == 0
+    assert row["steps_trained"] == summary["steps_trained"]
+    assert row["step_budget"] == SAMPLES * MAX_STEPS
+    assert row["best_trial"] == summary["best"]["trial_id"]
+    assert row["best"] == pytest.approx(summary["best"]["best_eval_loss"])
+    assert row["test"] == {
+        "metric": "test_loss",
+        "tuned": metrics["tuned"]["test_loss"],
+        "base": metrics["base"]["test_loss"],
+    }
+    assert "medtune.yaml" in rows["broken"]["error"]
+
+    table = medtune_list(str(root), cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    (line,) = [ln for ln in table.stdout.splitlines() if ln.startswith("e2e ")]
+    assert "finished" in line and f"{SAMPLES}/{SAMPLES}" in line
+    assert f"eval_loss {summary['best']['best_eval_loss']:.4f}" in line
+    assert f"test_loss {metrics['tuned']['test_loss']:.4f}" in line
+    assert any(
+        ln.startswith("broken: ") and "medtune.yaml" in ln for ln in table.stdout.splitlines()
+    )
+
+
+def test_a_sweep_folder_itself_lists_only_that_sweep(results, tmp_path):
+    _, out = results
+    proc = medtune_list(str(out), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["name"] for r in json.loads(proc.stdout)] == ["e2e"]

@@ -1,0 +1,122 @@
+"""`medtune list [results]`: the sweeps in a results folder, newest first, one row each.
+
+Read from the files alone, as the dashboard reads them (`tune.sweep_state`), so it works on
+a copied folder and while sweeps run. A sweep folder that cannot be read shows its reason in
+its row instead of hiding the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tune.errors import UserError
+from tune.sweep_state import SweepState, age, read_sweep
+
+__all__ = ["find_sweeps", "list_sweeps", "sweep_row"]
+
+
+def find_sweeps(root: Path) -> list[Path]:
+    """`root` itself if it is a sweep's folder, else its sub-folders that are."""
+    root = Path(root)
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise UserError(
+            f"{root}: {what}; give the folder sweeps write to (run.local_dir, default results)"
+        )
+    if (root / "medtune.yaml").is_file():
+        return [root]
+    return sorted(p for p in root.iterdir() if (p / "medtune.yaml").is_file())
+
+
+def sweep_row(state: SweepState) -> dict:
+    """What one row shows of a sweep, as plain data (also `medtune list --json`)."""
+    counts = state.counts
+    best = state.best_trial()
+    best_eval = best.best(state.mode) if best else None
+    test = None
+    if state.export:
+        key = "test_" + state.metric.removeprefix("eval_")
+        test = {
+            "metric": key,
+            "tuned": state.export.get("tuned", {}).get(key),
+            "base": state.export.get("base", {}).get(key),
+        }
+    return {
+        "name": state.name,
+        "folder": state.folder,
+        "status": state.status,
+        "model": state.model,
+        "data": state.data_source,
+        "scheduler": state.scheduler,
+        "trials": state.num_samples,
+        "ended": sum(counts[s] for s in ("completed", "stopped", "errored")),
+        "errored": counts["errored"],
+        "steps_trained": state.steps_trained,
+        "step_budget": state.num_samples * state.max_steps,
+        "metric": state.metric,
+        "best": best_eval.value if best_eval else None,
+        "best_trial": best.trial_id if best else None,
+        "test": test,
+        "updated": state.updated,
+    }
+
+
+def list_sweeps(root: Path, console: Console, as_json: bool = False) -> int:
+    """Print the sweeps under `root`, newest first; 0, or 2 when `root` is no folder."""
+    rows = []
+    for folder in find_sweeps(root):
+        try:
+            rows.append(sweep_row(read_sweep(folder)))
+        except (UserError, OSError, ValueError) as err:  # one broken folder hides no other
+            rows.append({"name": folder.name, "folder": str(folder.resolve()), "error": str(err)})
+    rows.sort(key=lambda r: r.get("updated", math.inf), reverse=True)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        console.print(f"No sweeps in {root} (a sweep's folder holds medtune.yaml).")
+        return 0
+    if not console.is_terminal:
+        # Without a terminal (a pipe, a log) rich would squeeze the table into 80 columns and
+        # wrap its cells; there every row stays one line. A terminal gets it fitted to it.
+        console = Console(file=console.file, highlight=False, soft_wrap=True, width=10_000)
+    console.print(_table(rows, root))
+    for r in rows:
+        if "error" in r:
+            console.print(f"{escape(r['name'])}: {escape(r['error'])}", soft_wrap=True)
+    return 0
+
+
+def _table(rows: list[dict], root: Path) -> Table:
+    table = Table(title=f"Sweeps in {root}", title_justify="left", box=None, pad_edge=False)
+    for column in ("sweep", "status", "model", "data", "trials", "steps", "best", "test"):
+        table.add_column(column, justify="right" if column in ("trials", "steps") else "left")
+    table.add_column("updated", justify="right")
+    for r in rows:
+        if "error" in r:
+            table.add_row(escape(r["name"]), "[red]unreadable[/] (below)", *[""] * 7)
+            continue
+        trials = f"{r['ended']}/{r['trials']}" + (
+            f" ({r['errored']} errored)" if r["errored"] else ""
+        )
+        best = f"{r['metric']} {r['best']:.4f}" if r["best"] is not None else "–"
+        test = "–"
+        if r["test"] and r["test"]["tuned"] is not None:
+            base = r["test"]["base"]
+            test = f"{r['test']['metric']} {r['test']['tuned']:.4f}"
+            test += f" (base {base:.4f})" if base is not None else ""
+        table.add_row(
+            *(escape(str(r[k])) for k in ("name", "status", "model", "data")),
+            trials,
+            f"{r['steps_trained']}/{r['step_budget']}",
+            best,
+            test,
+            age(r["updated"]),
+        )
+    return table
