@@ -68,7 +68,8 @@ def sweep_row(state: SweepState) -> dict:
 
 
 def list_sweeps(root: Path, console: Console, as_json: bool = False) -> int:
-    """Print the sweeps under `root`, newest first; 0, or 2 when `root` is no folder."""
+    """Print the sweeps under `root`, newest first (unreadable ones first of all); return 0.
+    A `root` that is not a folder raises `UserError` (exit 2)."""
     rows = []
     for folder in find_sweeps(root):
         try:
