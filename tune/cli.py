@@ -5,7 +5,7 @@
     medtune config [--config FILE] [key=value ...]
     medtune data inspect [--config FILE] [--json] [key=value ...]
     medtune list [results] [--json]
-    medtune export results/<name>
+    medtune export results/<name> [--out DIR] [--trial ID]
     medtune generate results/<name>/export ["question"]
     medtune serve results/<name>/export [--port N]
     medtune dashboard results/<name> [--port N]
@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export the best model of a finished sweep")
     export.add_argument("results", type=Path, help="the sweep's folder, e.g. results/<name>")
     export.add_argument("--out", type=Path, help="destination (default: results/<name>/export)")
+    export.add_argument(
+        "--trial",
+        metavar="ID",
+        help="export this trial's best checkpoint instead of the sweep's best (no confirmation "
+        "runs); its id as `medtune list` and the dashboard show it",
+    )
     export.add_argument("--debug", action="store_true", help="show tracebacks")
 
     generate = sub.add_parser("generate", help="answer questions with an exported model")
@@ -160,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             from tune.serve import run_serve
 
             return run_serve(args, console)
-        return _export(args.results, console, args.out)
+        return _export(args.results, console, args.out, args.trial)
     except USER_ERRORS as e:
         if args.debug:
             raise
@@ -322,19 +328,22 @@ def _every_trial_failed(summary: dict, out: Path) -> int:
     return 1
 
 
-def _export(results: Path, console: Console, out: Path | None) -> int:
+def _export(results: Path, console: Console, out: Path | None, trial: str | None = None) -> int:
     from tune.config import load_saved_config
-    from tune.export_layout import check_sweep_finished
+    from tune.export_layout import check_sweep_finished, check_trial
 
     # A wrong or unfinished folder is refused before torch and Ray load (export_best checks
     # again for callers in Python).
     load_saved_config(results)
-    check_sweep_finished(results.resolve())
+    if trial is None:
+        check_sweep_finished(results.resolve())
+    else:
+        check_trial(results.resolve(), trial)
     with sweep_lock(results, "medtune export"):
         _quiet_libraries()
         from tune.export import export_best
 
-        metrics = export_best(results, console, out=out)
+        metrics = export_best(results, console, out=out, trial=trial)
     base, tuned = metrics["base"], metrics["tuned"]
     console.print("\n[bold]Test metrics[/]        base      tuned")
     for key in tuned:

@@ -36,7 +36,7 @@ from tune.config import SweepConfig, load_saved_config
 from tune.confirm import run_confirmation
 from tune.data_report import encode_splits
 from tune.errors import UserError
-from tune.export_layout import PROMPT_FILE, check_sweep_finished
+from tune.export_layout import PROMPT_FILE, check_sweep_finished, check_trial
 from tune.model_card import write_model_card
 from tune.storage import download_checkpoint, is_uri, open_storage, run_uri
 
@@ -47,9 +47,14 @@ MANIFEST = "checksums.sha256"
 
 
 def best_checkpoint(
-    results: Path, metric: str, mode: str = "min", storage: str | None = None
+    results: Path,
+    metric: str,
+    mode: str = "min",
+    storage: str | None = None,
+    trial_id: str | None = None,
 ) -> tuple[Path, dict]:
-    """The checkpoint of the best evaluation across every trial and its metrics.
+    """The checkpoint of the best evaluation across every trial (or of `trial_id` alone) and
+    its metrics.
 
     `mode` is "min" for losses, "max" for eval_accuracy (`SearchConfig.mode`). `storage`: the
     run's folder under a storage URI, where Ray keeps the checkpoints; the chosen one is
@@ -61,7 +66,13 @@ def best_checkpoint(
         for result in ResultGrid(analysis)
         for ckpt, m in (result.best_checkpoints or [])
         if m.get(metric) == m.get(metric)  # NaN never wins
+        and trial_id in (None, m.get("trial_id"))
     ]
+    if not candidates and trial_id is not None:
+        raise UserError(
+            f"--trial {trial_id}: that trial kept no checkpoint with a finite {metric} (it "
+            "failed or stopped before its first evaluation); choose another"
+        )
     if not candidates:
         raise UserError(
             f"{results}: no trial reported a checkpoint; the sweep failed or has not reached "
@@ -74,17 +85,33 @@ def best_checkpoint(
     return download_checkpoint(checkpoint, open_storage(storage)[1], results), metrics
 
 
-def export_best(results: Path, console: Console, *, out: Path | None = None) -> dict:
-    """Score base and best model on the test split; write the export. Returns metrics."""
+def export_best(
+    results: Path, console: Console, *, out: Path | None = None, trial: str | None = None
+) -> dict:
+    """Score base and best model on the test split; write the export. Returns metrics.
+
+    `trial`: export that trial's best checkpoint instead of the sweep's best, without
+    confirmation runs; the sweep need not have finished (an interrupted one's trials keep
+    their checkpoints).
+    """
     results = results.resolve()
     cfg = load_saved_config(results)
     out = (out or results / "export").resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"export destination {out} is a file; remove it or choose another")
-    check_sweep_finished(results)
+    if trial is None:
+        check_sweep_finished(results)
+    else:
+        check_trial(results, trial)
     storage = run_uri(cfg.run.storage, cfg.run.name) if is_uri(cfg.run.storage) else None
     confirmation = None
-    if cfg.export.confirm_top_k > 0:
+    if trial is not None:
+        checkpoint, best = best_checkpoint(
+            results, cfg.search.metric, cfg.search.mode, storage=storage, trial_id=trial
+        )
+        chosen_by = "--trial"
+    elif cfg.export.confirm_top_k > 0:
+        chosen_by = "confirmation"
         confirmation = run_confirmation(results, cfg, console)
         run = confirmation["best_run"]
         chosen = confirmation["candidates"][confirmation["chosen"]]
@@ -99,6 +126,7 @@ def export_best(results: Path, console: Console, *, out: Path | None = None) -> 
         checkpoint, best = best_checkpoint(
             results, cfg.search.metric, cfg.search.mode, storage=storage
         )
+        chosen_by = "best evaluation"
     console.print(
         f"Chosen: trial {best['trial_id']} at step {best['step']} "
         f"({cfg.search.metric} {best[cfg.search.metric]:.4f}), checkpoint {checkpoint}"
@@ -137,6 +165,9 @@ def export_best(results: Path, console: Console, *, out: Path | None = None) -> 
             for r, b, t in zip(samples, base["answers"], tuned["answers"], strict=True)
         ],
         "confirmation": confirmation,
+        # How the checkpoint was chosen: the sweep's best evaluation, confirmation runs, or
+        # by hand (`medtune export --trial`).
+        "chosen_by": chosen_by,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     prompt = {"system_prompt": cfg.data.system_prompt, "max_length": cfg.data.max_length}

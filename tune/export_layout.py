@@ -25,6 +25,16 @@ def check_export(model_dir: Path) -> None:
         )
 
 
+def check_trial(results: Path, trial_id: str) -> None:
+    """Refuse a `--trial` that names none of the sweep's trials (their `trial_<id>` folders)."""
+    trials = sorted(p.name.removeprefix("trial_") for p in results.glob("trial_*") if p.is_dir())
+    if trial_id not in trials:
+        raise UserError(
+            f"--trial {trial_id}: no such trial in {results}; its trials: "
+            f"{', '.join(trials) or 'none yet'} (`medtune list` and the dashboard show them)"
+        )
+
+
 def check_sweep_finished(results: Path) -> None:
     """Refuse a sweep that has not ended: its best trial so far is not the sweep's best."""
     summary = results / "sweep_summary.json"

@@ -63,6 +63,11 @@ def write_model_card(path: Path, metrics: dict, results: Path) -> None:
     )
     trials = sweep.get("trials", [])
     confirmation = _confirmation_section(metrics.get("confirmation"))
+    if metrics.get("chosen_by") == "--trial":
+        confirmation = (
+            f"Chosen by hand (`medtune export --trial {best['trial_id']}`): that trial's best "
+            "checkpoint, which need not be the sweep's best.\n"
+        )
     compute = sweep.get("trial_seconds")
     compute_text = f", {compute / 60:.1f} trial-minutes of compute" if compute else ""
     source_path = f" ({data['path']})" if data.get("path") else ""

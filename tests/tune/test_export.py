@@ -1,6 +1,7 @@
 """Export artifacts, atomicity, and running the exported model with `medtune generate`."""
 
 import hashlib
+import json
 import os
 import subprocess
 
@@ -90,3 +91,43 @@ def test_generate_refuses_a_folder_that_is_no_export(sweep):
     proc = _medtune("generate", str(out), "What is asthma?")
     assert proc.returncode == 2
     assert proc.stderr.startswith("medtune: error: ") and "not a medtune export" in proc.stderr
+
+
+def test_export_of_a_trial_chosen_by_hand(sweep, tmp_path):
+    out, _ = sweep
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    best = summary["best"]["trial_id"]
+    other = next(
+        t for t in summary["trials"] if t["trial_id"] != best and t["best_eval_loss"] is not None
+    )
+    before = _tree(out / "export")
+    dest = tmp_path / "by-hand"
+    proc = _medtune("export", str(out), "--trial", other["trial_id"], "--out", str(dest))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Chosen: trial {other['trial_id']} " in proc.stdout
+    metrics = json.loads((dest / "metrics.json").read_text())
+    chosen = metrics["best_trial"]
+    assert metrics["chosen_by"] == "--trial" and metrics["confirmation"] is None
+    assert chosen["trial_id"] == other["trial_id"]
+    assert chosen["eval_loss"] == pytest.approx(other["best_eval_loss"])  # its best evaluation
+    assert chosen["checkpoint"].startswith(f"trial_{other['trial_id']}/")
+    adapter = "adapter_model.safetensors"
+    assert (dest / "adapter" / adapter).read_bytes() == (
+        out / chosen["checkpoint"] / adapter
+    ).read_bytes()
+    assert (
+        f"Chosen by hand (`medtune export --trial {other['trial_id']}`)"
+        in (dest / "README.md").read_text()
+    )
+    assert _tree(out / "export") == before  # the sweep's own export is left as it was
+
+
+def test_export_of_a_trial_the_sweep_does_not_have_is_refused(sweep, tmp_path):
+    out, _ = sweep
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    proc = _medtune("export", str(out), "--trial", "nope1234", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("medtune: error: --trial nope1234: no such trial in ")
+    assert all(t["trial_id"] in line for t in summary["trials"])
+    assert not (tmp_path / "x").exists()

@@ -97,6 +97,11 @@ def test_ctrl_c_stops_the_sweep_which_resumes_and_then_its_export(tmp_path, mode
 
     with pytest.raises(UserError, match="was interrupted with .* unfinished.*--resume"):
         export_best(out, Console(quiet=True))
+    # A trial picked by hand exports from the interrupted sweep: its checkpoints are kept.
+    picked = next(t for t in summary["trials"] if t["evaluations"])["trial_id"]
+    by_hand = export_best(out, Console(quiet=True), out=tmp_path / "by-hand", trial=picked)
+    assert by_hand["chosen_by"] == "--trial" and by_hand["best_trial"]["trial_id"] == picked
+    assert (tmp_path / "by-hand" / "adapter").is_dir() and not (out / "export").exists()
     state = read_sweep(out)
     assert state.finished and state.interrupted
     assert state.counts["unfinished"] == summary["unfinished"]
