@@ -202,6 +202,7 @@ def _run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool) -> dic
         f"{cfg.scheduler.name} scheduler, results in {out}"
         + (f" (checkpoints in {redact_text(location)})" if is_uri(location) else "")
     )
+    console.print(f"Watch it: medtune dashboard {out}")
     stopping = f"Stopping the sweep; its state is saved for `medtune sweep --resume {out}`"
     with signals_stop_tune(console, stopping) as stop:
         grid = tuner.fit()
@@ -383,6 +384,7 @@ def _resume_sweep(
     # end; until then the dashboard shows the sweep running again, and export waits for it.
     (results / "sweep_summary.json").unlink(missing_ok=True)
     console.print(f"Resuming sweep [bold]{cfg.run.name}[/] from {redact_text(location)}")
+    console.print(f"Watch it: medtune dashboard {results}")
     stopping = f"Stopping the sweep; its state is saved for `medtune sweep --resume {results}`"
     with signals_stop_tune(console, stopping) as stop:
         grid = tuner.fit()

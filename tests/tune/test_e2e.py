@@ -66,6 +66,7 @@ def test_each_event_is_one_line_in_a_piped_log(sweep):
     patterns = [
         rf"Sweep e2e: {SAMPLES} trials of tiny-random on demo \(\d+ train / \d+ validation "
         rf"examples\), asha scheduler, results in {re.escape(str(out))}",
+        rf"Watch it: medtune dashboard {re.escape(str(out))}",
         rf"Sweep done: {SAMPLES} trials, \d+ stopped early, 0 errored; "
         rf"\d+ of {SAMPLES * MAX_STEPS} steps trained, (\d+ min )?\d+ s\. "
         rf"Best eval_loss \d+\.\d{{4}} \({trial}\)\.",
