@@ -1,4 +1,5 @@
-"""`medtune dashboard results/<name>` and `medtune report results/<name>`.
+"""`medtune dashboard results/<name>` (or `results/`, an index of its sweeps) and `medtune report
+results/<name>`.
 
 One page shows a sweep as a whole: the trials table (status, ASHA rung, hyperparameters,
 best and last metric, node), learning curves with ASHA's rungs, parallel coordinates,
@@ -23,18 +24,21 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from rich.console import Console
 
 from tune.charts import CHARTS, importance, to_png, to_svg
-from tune.errors import UserError
+from tune.errors import USER_ERRORS, UserError
+from tune.sweep_list import find_sweeps, sweep_rows
 from tune.sweep_state import SweepState, age, read_sweep, state_version
 
-__all__ = ["LOOPBACK", "render_page", "serve_dashboard", "write_report"]
+__all__ = ["LOOPBACK", "render_index", "render_page", "serve_dashboard", "write_report"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 POLL_MS = 2000
+INDEX_REFRESH_S = 10  # the index of sweeps reloads itself; each sweep's page polls
 
 _env = Environment(
     loader=PackageLoader("tune", "templates"),
@@ -59,13 +63,21 @@ _env.globals["fmt"] = _fmt
 
 
 def render_page(
-    state: SweepState, *, live: bool, nonce: str, fragment: bool = False, charts=None
+    state: SweepState,
+    *,
+    live: bool,
+    nonce: str,
+    fragment: bool = False,
+    charts=None,
+    index: bool = False,
 ) -> str:
-    """The page (or, with `fragment`, only what the live page swaps in on refresh)."""
+    """The page (or, with `fragment`, only what the live page swaps in on refresh); `index`:
+    it is served under an index of sweeps, and links back to it."""
     scores = importance(state)
     context = {
         "s": state,
         "live": live,
+        "index": index,
         "nonce": nonce,
         "version": state.updated,
         "poll_ms": POLL_MS,
@@ -108,9 +120,12 @@ def write_report(folder: Path, out: Path | None, console: Console) -> list[Path]
 
 
 def serve_dashboard(folder: Path, host: str, port: int, console: Console) -> None:
-    """Serve the dashboard until interrupted (Ctrl-C)."""
+    """Serve the dashboard until interrupted (Ctrl-C): of one sweep, or, given a folder of
+    sweeps (results/), an index of them with each sweep's page under sweep/<name>/."""
     folder = folder.resolve()
-    read_sweep(folder)  # a wrong folder fails here, with one line, before binding a port
+    several = not (folder / "medtune.yaml").is_file() and folder.is_dir() and find_sweeps(folder)
+    if not several:
+        read_sweep(folder)  # a wrong folder fails here, with one line, before binding a port
     if host not in LOOPBACK:
         console.print(
             f"[bold red]WARNING[/]: the dashboard on {host} is open to anyone who can reach "
@@ -118,9 +133,10 @@ def serve_dashboard(folder: Path, host: str, port: int, console: Console) -> Non
             "authenticating proxy (see docs/security.md).",
             soft_wrap=True,
         )
-    server = ThreadingHTTPServer((host, port), _handler(folder))
+    server = ThreadingHTTPServer((host, port), _handler(folder, several=bool(several)))
     url = f"http://{host}:{server.server_address[1]}/"
-    console.print(f"medtune dashboard for {folder}: {url}  (Ctrl-C stops it)", soft_wrap=True)
+    what = f"the sweeps in {folder}" if several else str(folder)
+    console.print(f"medtune dashboard for {what}: {url}  (Ctrl-C stops it)", soft_wrap=True)
     try:
         server.serve_forever(poll_interval=0.25)
     except KeyboardInterrupt:
@@ -151,8 +167,28 @@ class _Pages:
             return self.state, self.charts
 
 
-def _handler(folder: Path) -> type[BaseHTTPRequestHandler]:
-    pages = _Pages(folder)
+def render_index(root: Path) -> str:
+    """The page listing the sweeps in `root`, newest first, each linking to its own page."""
+    return _env.get_template("index.html.j2").render(
+        root=str(root), rows=sweep_rows(root), refresh_s=INDEX_REFRESH_S, age=age
+    )
+
+
+def _handler(root: Path, several: bool = False) -> type[BaseHTTPRequestHandler]:
+    """Requests for one sweep's page (`several` false: `root` is the sweep), or for the index
+    of the sweeps in `root` at / and each sweep's page under /sweep/<name>/."""
+    pages: dict[Path, _Pages] = {}
+
+    def sweep_of(path: str) -> tuple[Path | None, str]:
+        """The sweep folder a path is for and the rest of the path; None: no such sweep."""
+        if not several:
+            return root, path
+        name, _, rest = path.removeprefix("/sweep/").partition("/")
+        folder = root / unquote(name)
+        # Only a sweep folder directly inside root: no "..", no path out of it.
+        if folder.parent != root or not (folder / "medtune.yaml").is_file():
+            return None, path
+        return folder, "/" + rest
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "medtune-dashboard"
@@ -160,21 +196,41 @@ def _handler(folder: Path) -> type[BaseHTTPRequestHandler]:
         def do_GET(self):  # noqa: N802 (http.server's name)
             path = self.path.split("?", 1)[0]
             try:
+                if several and path == "/":
+                    return self._send(render_index(root), "html")
+                if several and not path.startswith("/sweep/"):
+                    return self._send("not found", "text", HTTPStatus.NOT_FOUND)
+                folder, path = sweep_of(path)
+                if folder is None:
+                    return self._send("no such sweep", "text", HTTPStatus.NOT_FOUND)
+                if several and path == "/" and not self.path.split("?", 1)[0].endswith("/"):
+                    return self._redirect(self.path.split("?", 1)[0] + "/")
                 if path == "/api/version":
                     return self._send(json.dumps({"version": state_version(folder)}), "json")
-                state, charts = pages.current()
+                state, charts = pages.setdefault(folder, _Pages(folder)).current()
                 if path == "/api/state":
                     return self._send(json.dumps(state.to_json()), "json")
                 if path in ("/", "/fragment"):
                     nonce = secrets.token_urlsafe(16)
                     html = render_page(
-                        state, live=True, nonce=nonce, fragment=path == "/fragment", charts=charts
+                        state,
+                        live=True,
+                        nonce=nonce,
+                        fragment=path == "/fragment",
+                        charts=charts,
+                        index=several,
                     )
                     return self._send(html, "html", nonce=nonce)
-            except UserError as e:
+            except USER_ERRORS as e:
                 # The folder disappeared or became unreadable while being served.
                 return self._send(str(e), "text", HTTPStatus.SERVICE_UNAVAILABLE)
             self._send("not found", "text", HTTPStatus.NOT_FOUND)
+
+        def _redirect(self, location: str):
+            self.send_response(HTTPStatus.MOVED_PERMANENTLY)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
 
         def _send(self, body: str, kind: str, status=HTTPStatus.OK, nonce: str | None = None):
             data = body.encode()

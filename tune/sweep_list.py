@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tune.errors import UserError
+from tune.errors import USER_ERRORS, UserError
 from tune.sweep_state import SweepState, age, read_sweep
 
-__all__ = ["find_sweeps", "list_sweeps", "sweep_row"]
+__all__ = ["find_sweeps", "list_sweeps", "sweep_row", "sweep_rows"]
 
 
 def find_sweeps(root: Path) -> list[Path]:
@@ -48,7 +48,7 @@ def sweep_row(state: SweepState) -> dict:
             "base": state.export.get("base", {}).get(key),
         }
     return {
-        "name": state.name,
+        "name": state.name,  # the sweep's run.name; `sweep_rows` puts its folder's name here
         "folder": state.folder,
         "status": state.status,
         "model": state.model,
@@ -67,16 +67,24 @@ def sweep_row(state: SweepState) -> dict:
     }
 
 
-def list_sweeps(root: Path, console: Console, as_json: bool = False) -> int:
-    """Print the sweeps under `root`, newest first (unreadable ones first of all); return 0.
-    A `root` that is not a folder raises `UserError` (exit 2)."""
+def sweep_rows(root: Path) -> list[dict]:
+    """A row for each sweep under `root`, newest first, unreadable ones (with their `error`)
+    first of all; each row's `name` is its folder's name, as commands take it."""
     rows = []
     for folder in find_sweeps(root):
         try:
-            rows.append(sweep_row(read_sweep(folder)))
-        except (UserError, OSError, ValueError) as err:  # one broken folder hides no other
-            rows.append({"name": folder.name, "folder": str(folder.resolve()), "error": str(err)})
+            row = sweep_row(read_sweep(folder))
+        except (OSError, *USER_ERRORS) as err:  # one broken folder hides no other
+            row = {"folder": str(folder.resolve()), "error": str(err)}
+        rows.append({**row, "name": folder.name})
     rows.sort(key=lambda r: r.get("updated", math.inf), reverse=True)
+    return rows
+
+
+def list_sweeps(root: Path, console: Console, as_json: bool = False) -> int:
+    """Print the sweeps under `root`, newest first (unreadable ones first of all); return 0.
+    A `root` that is not a folder raises `UserError` (exit 2)."""
+    rows = sweep_rows(root)
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0

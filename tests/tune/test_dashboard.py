@@ -250,6 +250,52 @@ HOSTILE = "<script>alert(1)</script>"
 HOSTILE_IMG = '<img src=x onerror="alert(2)">'
 
 
+def test_dashboard_of_a_folder_of_sweeps_lists_them_and_serves_each(sweep, page, tmp_path):
+    """Given results/ rather than one sweep: an index of its sweeps at /, each sweep's live page
+    under sweep/<name>/ (its polling reaches that sweep's routes), a broken sweep's reason in
+    its row, and nothing outside the folder."""
+    import urllib.error
+    import urllib.request
+
+    out, _ = sweep
+    root = tmp_path / "results"
+    root.mkdir()
+    (root / "tiny e2e").symlink_to(out, target_is_directory=True)  # a name to be quoted
+    (root / "broken").mkdir()
+    (root / "broken" / "medtune.yaml").write_text("model: [\n")
+    proc, url = start_dashboard(root)
+    try:
+
+        def get(path):
+            try:
+                with urllib.request.urlopen(url + path, timeout=30) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+
+        status, index = get("")
+        assert status == 200
+        assert 'href="sweep/tiny%20e2e/"' in index and "unreadable: " in index
+        assert get("sweep/broken/")[0] == 503  # its reason, not a crash
+        for outside in ("sweep/..%2F..%2F/", "sweep/nope/", "etc/passwd"):
+            assert get(outside)[0] == 404, outside
+
+        page.page.goto(url)
+        page.page.click('a[href="sweep/tiny%20e2e/"]')
+        page.page.wait_for_selector("#trials tbody tr")
+        assert page.page.url == url + "sweep/tiny%20e2e/"
+        assert len(table_rows(page.page)) == SAMPLES
+        # The live page polls its own sweep's version under the prefix, without errors.
+        page.page.wait_for_function("() => !!document.body.dataset.lastPoll", timeout=15_000)
+        assert any(r.endswith("/sweep/tiny%20e2e/api/version") for r in page.requests)
+        assert not page.errors, page.errors
+        page.page.click("#all-sweeps")
+        page.page.wait_for_selector("#sweeps")
+        assert page.page.url == url
+    finally:
+        stop(proc)
+
+
 def test_text_from_data_models_and_errors_is_escaped(sweep, browser, tmp_path):
     """A question, an answer and a trial's error text holding markup show as text, run
     nothing, in the dashboard and the report."""
