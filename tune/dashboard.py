@@ -184,11 +184,11 @@ def _handler(root: Path, several: bool = False) -> type[BaseHTTPRequestHandler]:
         if not several:
             return root, path
         name, _, rest = path.removeprefix("/sweep/").partition("/")
-        folder = root / unquote(name)
-        # Only a sweep folder directly inside root: no "..", no path out of it.
-        if folder.parent != root or not (folder / "medtune.yaml").is_file():
+        # Only the name of a sweep folder directly inside root: never "..", nor a path.
+        folders = {folder.name: folder for folder in find_sweeps(root)}
+        if unquote(name) not in folders:
             return None, path
-        return folder, "/" + rest
+        return folders[unquote(name)], "/" + rest
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "medtune-dashboard"

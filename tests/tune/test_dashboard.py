@@ -277,7 +277,8 @@ def test_dashboard_of_a_folder_of_sweeps_lists_them_and_serves_each(sweep, page,
         assert status == 200
         assert 'href="sweep/tiny%20e2e/"' in index and "unreadable: " in index
         assert get("sweep/broken/")[0] == 503  # its reason, not a crash
-        for outside in ("sweep/..%2F..%2F/", "sweep/nope/", "etc/passwd"):
+        (tmp_path / "medtune.yaml").write_text((out / "medtune.yaml").read_text())
+        for outside in ("sweep/../", "sweep/%2E%2E/", "sweep/..%2F..%2F/", "sweep/nope/", "x"):
             assert get(outside)[0] == 404, outside
 
         page.page.goto(url)
