@@ -41,10 +41,14 @@ def sweep_row(state: SweepState) -> dict:
     best_eval = best.best(state.mode) if best else None
     test = None
     if state.export:
-        key = "test_" + state.metric.removeprefix("eval_")
+        # Export names the losses test_loss, test_perplexity, and a decision task's scores
+        # accuracy and macro_f1: the test metric that matches the sweep's validation metric.
+        name = state.metric.removeprefix("eval_")
+        tuned = state.export.get("tuned", {})
+        key = f"test_{name}" if f"test_{name}" in tuned else name
         test = {
             "metric": key,
-            "tuned": state.export.get("tuned", {}).get(key),
+            "tuned": tuned.get(key),
             "base": state.export.get("base", {}).get(key),
         }
     return {

@@ -73,3 +73,34 @@ def test_a_sweep_folder_itself_lists_only_that_sweep(results, tmp_path):
     proc = medtune_list(str(out), "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert [r["name"] for r in json.loads(proc.stdout)] == ["e2e"]
+
+
+def test_a_decision_sweep_shows_the_exported_accuracy():
+    """PubMedQA's decision task: the validation metric is eval_accuracy, and export names the
+    matching test score `accuracy` (next to `macro_f1`)."""
+    from tune.sweep_list import sweep_row
+    from tune.sweep_state import Evaluation, SweepState, TrialState
+
+    trial = TrialState("a1", "completed", {}, [Evaluation(10, 0.55, 1.2, None, 3.0)])
+    state = SweepState(
+        **dict.fromkeys(["name", "folder", "model", "data_source", "scheduler"], "x"),
+        metric="eval_accuracy",
+        mode="max",
+        max_steps=10,
+        eval_every=10,
+        num_samples=1,
+        rung_steps=[],
+        space={},
+        trials=[trial],
+        finished=True,
+        interrupted=False,
+        driver_gone=False,
+        updated=0.0,
+        export={
+            "base": {"test_loss": 2.0, "accuracy": 0.4, "macro_f1": 0.3},
+            "tuned": {"test_loss": 1.5, "accuracy": 0.6, "macro_f1": 0.5},
+        },
+    )
+    row = sweep_row(state)
+    assert row["best"] == 0.55 and row["best_trial"] == "a1"
+    assert row["test"] == {"metric": "accuracy", "tuned": 0.6, "base": 0.4}
