@@ -8,7 +8,7 @@
     medtune export results/<name> [--out DIR] [--trial ID]
     medtune generate results/<name>/export ["question"]
     medtune serve results/<name>/export [--port N]
-    medtune dashboard results/<name> [--port N]
+    medtune dashboard results/<name> [--port N]   (or results: an index of its sweeps)
     medtune report results/<name> [--out FILE]
 
 Bad input prints one line per problem (`medtune: error: ...`) and exits 2 before anything is
@@ -100,7 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--debug", action="store_true", help="show tracebacks")
 
     dashboard = sub.add_parser("dashboard", help="watch or inspect a sweep in the browser")
-    dashboard.add_argument("results", type=Path, help="the sweep's folder, e.g. results/<name>")
+    dashboard.add_argument(
+        "results",
+        type=Path,
+        help="the sweep's folder, e.g. results/<name>, or a folder of sweeps for an index",
+    )
     dashboard.add_argument(
         "--port", type=int, default=8266, help="default 8266 (next to Ray's 8265); 0: any free"
     )
