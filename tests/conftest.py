@@ -29,8 +29,8 @@ LONGEST_FIRST = [
     "tests/tune/test_resume.py",  # 99-175: one test
     "tests/tune/test_data_report.py",  # 27: 12 tests
     "tests/tune/test_interrupt.py",  # 141 alone: three tests (twenty-second session)
+    "tests/tune/test_scheduler.py",  # 156 alone, with an interrupted and resumed ASHA sweep
     "tests/trainables/test_trainable.py",  # 93
-    "tests/tune/test_scheduler.py",  # 92
     "tests/tune/test_faults.py",  # 92
     "tests/benchmarks/test_reuse_memory.py",  # 75 alone: two sweeps (twenty-second session)
     "tests/tune/test_dashboard.py",  # 73

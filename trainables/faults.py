@@ -5,17 +5,20 @@
 
 Each entry is `kind@step`: `raise` raises a RuntimeError as the step begins, `oom` raises
 `torch.OutOfMemoryError` (what CUDA raises), `nan` makes that step's forward pass produce NaN,
-so its loss and gradients are NaN for real and the trial's own guard has to catch it; `none`
-does nothing. With one entry every trial takes it; with several, the k-th trial to start takes
-the k-th (trials past the list run clean), claiming its entry with a file in
-`MEDTUNE_FAULT_DIR`. Ray workers inherit the driver's environment when it starts Ray, so set
-both before `medtune sweep`. Never set them outside tests: see docs/security.md.
+so its loss and gradients are NaN for real and the trial's own guard has to catch it; `hang`
+never ends that step (a stuck trial: a deadlocked data loader, a hung collective), which holds
+a trial before a rung while a test interrupts the sweep; `none` does nothing. With one entry
+every trial takes it; with several, the k-th trial to start takes the k-th (trials past the
+list run clean), claiming its entry with a file in `MEDTUNE_FAULT_DIR`. Ray workers inherit the
+driver's environment when it starts Ray, so set both before `medtune sweep`. Never set them
+outside tests: see docs/security.md.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +26,7 @@ import torch
 
 __all__ = ["Fault", "fault_from_env"]
 
-_KINDS = ("raise", "nan", "oom", "none")
+_KINDS = ("raise", "nan", "oom", "hang", "none")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class Fault:
             raise RuntimeError(f"trial failed at step {step} ({where})")
         if self.kind == "oom":
             raise torch.OutOfMemoryError(f"out of memory at step {step} ({where})")
+        if self.kind == "hang":
+            while True:  # until the sweep is stopped: Ray kills the trial's process
+                time.sleep(1)
         # NaN enters at the embeddings and flows through the real forward and backward pass.
         model.get_input_embeddings().register_forward_hook(lambda m, i, out: out * float("nan"))
 

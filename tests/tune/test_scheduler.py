@@ -6,6 +6,9 @@ every checkpoint): by itself, Tune once lost a paused trial's row at its rung fr
 
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -15,7 +18,7 @@ import pytest
 from ray import tune
 
 from tests.conftest import read_progress
-from tests.tune.conftest import MEDTUNE
+from tests.tune.conftest import MEDTUNE, kill_session
 from tune.run_lock import sweep_lock
 from tune.scheduler import ComparingASHA
 from tune.sweep_state import read_sweep
@@ -157,23 +160,26 @@ def test_no_trial_waits_for_one_the_concurrency_cap_would_not_start(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_medtune_trial_paused_to_be_compared_resumes_exactly(tmp_path, model_cache):
-    """Two trials of the real trainable with the same hyperparameters and seed: whichever
-    reaches a rung first waits there, paused, and ties the other, so it resumes from its
-    checkpoint. Pausing must not change training: both trials evaluate the same at every step."""
-    space = tmp_path / "one_point.yaml"
+def test_a_trial_waiting_at_a_rung_when_the_sweep_is_interrupted_waits_again_on_resume(
+    tmp_path, model_cache
+):
+    """The real CLI end to end: trial A waits at its first rung, trial B is stuck before it
+    (`MEDTUNE_FAULT=hang@3`), Ctrl-C stops the sweep. `--resume` restores A's rung and its wait
+    (tune/sweep.py `restore_rungs`): A waits until B, trained again from its start, reports at
+    the rung; the tie promotes A, which resumes from its checkpoint. Pausing, interrupting and
+    resuming must not change training: both trials evaluate the same at every step."""
+    space = tmp_path / "one_point.yaml"  # the same trial twice: every comparison is a tie
     space.write_text(
         "learning_rate: {type: choice, values: [0.001]}\n"
         "weight_decay: {type: choice, values: [0.0]}\n"
         "lora_r: {type: choice, values: [8]}\n"
     )
     args = [
-        "sweep",
-        "--no-export",
         "model.name=tiny-random",
         "data.max_records=60",
         "search.num_samples=2",
         f"search.space={space}",
+        "scheduler.name=asha",
         "train.max_steps=20",
         "train.eval_every=5",
         "train.per_device_batch_size=4",
@@ -181,13 +187,73 @@ def test_a_medtune_trial_paused_to_be_compared_resumes_exactly(tmp_path, model_c
         "run.name=pause",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [MEDTUNE, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    env.pop("RAY_ADDRESS", None)
+    out, log = tmp_path / "results" / "pause", tmp_path / "sweep.log"
+    # The first trial to start runs clean, the second hangs as its step 3 begins.
+    faults = {"MEDTUNE_FAULT": "none,hang@3", "MEDTUNE_FAULT_DIR": str(tmp_path / "claims")}
+    with log.open("w") as stdout:
+        proc = subprocess.Popen(
+            [MEDTUNE, "sweep", "--no-export", *args],
+            cwd=tmp_path,
+            env={**env, **faults},
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while "waits at step 5 to be compared" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        kill_session(proc.pid)
+    first = log.read_text()
+    (waiting,) = re.findall(r"‖ (trial \d/2) waits at step 5 to be compared", first)
+    (stuck,) = {"trial 1/2", "trial 2/2"} - {waiting}
+    assert f"{stuck} step" not in first  # it never reached an evaluation
+
+    # The dashboard's reading of a trial Tune saved paused, while a driver runs the sweep (it
+    # holds the lock and has written no summary yet): waiting. A copy: the sweep is resumed.
+    shown = tmp_path / "shown"
+    shutil.copytree(out, shown)
+    (shown / "sweep_summary.json").unlink()
+    with sweep_lock(shown, "medtune sweep"):
+        sweep = read_sweep(shown)
+    state = json.loads(sorted(shown.glob("experiment_state-*.json"))[-1].read_text())
+    (paused,) = [
+        t["trial_id"]
+        for t in (json.loads(trial) for trial, _ in state["trial_data"])
+        if t["status"] == "PAUSED"
+    ]
+    assert {t.trial_id: t.status for t in sweep.trials}[paused] == "waiting"
+    assert sweep.counts["waiting"] == 1
+    assert read_sweep(out).counts["unfinished"] == 2  # the interrupted sweep itself
+
+    resumed = subprocess.run(
+        [MEDTUNE, "sweep", "--resume", str(out), "--no-export"],
+        cwd=tmp_path,
+        env=env,  # no faults: the stuck trial trains
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "waits at step 5 to be compared" in proc.stdout
-    assert "resumes from step 5" in proc.stdout
-    out = tmp_path / "results" / "pause"
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    lines = resumed.stdout.splitlines()
+
+    def at(text: str) -> int:
+        found = [i for i, line in enumerate(lines) if text in line]
+        assert len(found) == 1, f"{text!r} printed {len(found)} times:\n{resumed.stdout}"
+        return found[0]
+
+    # A waits again, until B reports at the rung; then it resumes from its checkpoint.
+    assert at(f"‖ {waiting} waits at step 5") < at(f"{stuck} step    5/20")
+    assert at(f"{stuck} step    5/20") < at(f"▶ {waiting} resumes from step 5")
+    assert "stopped early by the scheduler" not in resumed.stdout
+    assert "Sweep done: 2 trials, 0 stopped early, 0 errored" in resumed.stdout
+
     curves = [read_progress(p) for p in sorted(out.glob("trial_*/progress.csv"))]
     assert len(curves) == 2
     for df in curves:
@@ -195,20 +261,6 @@ def test_a_medtune_trial_paused_to_be_compared_resumes_exactly(tmp_path, model_c
     # Tune counts iterations since the trial's last restore from a checkpoint.
     assert any((df["iterations_since_restore"] < df["training_iteration"]).any() for df in curves)
     assert list(curves[0]["eval_loss"]) == pytest.approx(list(curves[1]["eval_loss"]), rel=1e-6)
-
-    # The dashboard's reading of a trial Tune holds paused.
-    state_file = sorted(out.glob("experiment_state-*.json"))[-1]
-    state = json.loads(state_file.read_text())
-    trial = json.loads(state["trial_data"][0][0])
-    trial["status"] = "PAUSED"
-    state["trial_data"][0][0] = json.dumps(trial)
-    state_file.write_text(json.dumps(state))
-    (out / "sweep_summary.json").unlink(missing_ok=True)
-    with sweep_lock(out, "medtune sweep"):  # as the running driver holds it
-        sweep = read_sweep(out)
-    statuses = {t.trial_id: t.status for t in sweep.trials}
-    assert statuses[trial["trial_id"]] == "waiting"
-    assert sweep.counts["waiting"] == 1
 
 
 def test_a_resumed_sweep_s_asha_rungs_hold_what_the_trials_reported_there():
