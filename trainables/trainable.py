@@ -237,6 +237,14 @@ class _AnswerTokenTrainer(Trainer):
         loss = loss / num_items_in_batch
         return (loss, None) if return_outputs else loss
 
+    def floating_point_ops(self, inputs) -> int:
+        """The Trainer's count for its logs (`total_flos`), 6 x tokens x non-embedding
+        parameters as the Trainer's own, with the parameters counted once rather than by a
+        walk over every module at each step (0.7% of a tiny-random step, py-spy)."""
+        if not hasattr(self, "_non_embedding_parameters"):
+            self._non_embedding_parameters = self.model.num_parameters(exclude_embeddings=True)
+        return 6 * inputs["input_ids"].numel() * self._non_embedding_parameters
+
 
 def _restore_checkpoint(work: Path) -> tuple[str | None, int]:
     """Copy Tune's latest checkpoint (if this trial is resumed) where Trainer resumes from;

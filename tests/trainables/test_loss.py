@@ -107,9 +107,10 @@ def _collate(rows):
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_trainer_steps_equal_the_default_loss_steps(tiny_model_path, tmp_path, accumulation):
     """Two optimizer steps with medtune's Trainer and with the stock one end at the same
-    weights, with and without gradient accumulation (token-weighted across micro-batches)."""
+    weights, with and without gradient accumulation (token-weighted across micro-batches),
+    and count the same floating-point operations."""
     data, collate = _rows(), _collate
-    ends = []
+    ends, flos = [], []
     for cls in (Trainer, _AnswerTokenTrainer):
         torch.manual_seed(0)
         lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
@@ -129,10 +130,15 @@ def test_trainer_steps_equal_the_default_loss_steps(tiny_model_path, tmp_path, a
             use_cpu=True,
             remove_unused_columns=False,
         )
-        cls(model=model, args=args, train_dataset=data, data_collator=collate).train()
+        trainer = cls(model=model, args=args, train_dataset=data, data_collator=collate)
+        trainer.train()
         ends.append([p.detach().clone() for p in model.parameters() if p.requires_grad])
+        flos.append(trainer.state.total_flos)
     for default, ours in zip(*ends, strict=True):
         assert torch.allclose(default, ours, rtol=1e-4, atol=1e-6)
+    # medtune counts the parameters once (`floating_point_ops`): the same total as the stock
+    # Trainer's count at every step.
+    assert flos[0] == flos[1] > 0
 
 
 @pytest.mark.parametrize("bf16", [False, True])
