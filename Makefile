@@ -68,7 +68,8 @@ test: install browser
 	# (pytest 371.24-510.10 s in quiet clean clones, 2026-11-30 and 12-01, as fast as the machine
 	# was; 615.14-717.93 s on an AVX2-only EPYC, 2026-12-01; BENCHMARKS.md, sixteenth to
 	# twenty-second sessions). The benchmarks run too, each once at its smallest size (`-m
-	# bench`), as issue 7 asks: on that EPYC 794.32-1112.89 s with them, 647.16-700.81 s without.
+	# bench`), as issue 7 asks: on that EPYC 794.32-1112.89 s with them, 647.16-700.81 s without
+	# (BENCHMARKS.md, twenty-fourth section: where that time goes).
 	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15
 
 # While developing: the tests that run no sweep, cluster or benchmark through Ray (`-m "not slow
