@@ -86,6 +86,25 @@ def _run_sweep(root: Path) -> str:
     return proc.stdout
 
 
+def start_medtune(
+    args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`medtune ARGS` in the background, in its own session and process group (as a terminal's
+    foreground job: a signal to the group reaches the Ray it starts too), its output in `log`;
+    `env` is added to the environment. Never joins another Ray (RAY_ADDRESS unset)."""
+    full = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    full.pop("RAY_ADDRESS", None)
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [MEDTUNE, *args],
+            cwd=cwd,
+            env=full,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def session_processes(sid: int) -> list[tuple[int, int]]:
     """(pid, process group) of each live, not zombie, process of a session."""
     procs = []

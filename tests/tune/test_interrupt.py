@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tests.tune.conftest import MEDTUNE, kill_session
+from tests.tune.conftest import kill_session, start_medtune
 from tune.dashboard import render_page
 from tune.errors import UserError
 from tune.export import export_best
@@ -42,20 +42,6 @@ ARGS = [
 ]
 
 
-def _medtune(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("RAY_ADDRESS", None)
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [MEDTUNE, *args],
-            cwd=cwd,
-            env=env,
-            start_new_session=True,  # its own process group, like a terminal's foreground job
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 def _first_evaluation(proc: subprocess.Popen, out: Path, log: Path, trials="trial_*") -> None:
     deadline = time.monotonic() + 240
     while not any(p.stat().st_size for p in out.glob(f"{trials}/progress.csv")):
@@ -69,7 +55,7 @@ def _sweep_stopped_by(signum: int, tmp_path: Path) -> tuple[Path, str]:
     evaluation: its results folder and its output, once it has exited 130."""
     out = tmp_path / "results" / "stopped"
     log = tmp_path / "sweep.log"
-    proc = _medtune(["sweep", *ARGS], tmp_path, log)
+    proc = start_medtune(["sweep", *ARGS], tmp_path, log)
     try:
         _first_evaluation(proc, out, log)
         os.killpg(proc.pid, signum)
@@ -112,7 +98,7 @@ def test_ctrl_c_stops_the_sweep_which_resumes_and_then_its_export(tmp_path, mode
     assert f"medtune export {out}" not in page  # export refuses it: no hint to run it
 
     log = tmp_path / "resumed.log"
-    resumed = _medtune(["sweep", "--resume", str(out)], tmp_path, log)
+    resumed = start_medtune(["sweep", "--resume", str(out)], tmp_path, log)
     try:
         # While it runs, the stopped run's summary is gone: the dashboard shows it live again.
         while (out / "sweep_summary.json").exists() and resumed.poll() is None:

@@ -29,7 +29,7 @@ import pytest
 
 from search_spaces import load_space
 from tests.conftest import read_progress
-from tests.tune.conftest import MEDTUNE, kill_session, session_processes
+from tests.tune.conftest import kill_session, session_processes, start_medtune
 from trainables.scratch import PREFIX
 from tune.sweep_state import read_sweep
 
@@ -63,17 +63,7 @@ def drivers():
     procs = []
 
     def start(args, cwd: Path, log: Path) -> subprocess.Popen:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        env.pop("RAY_ADDRESS", None)  # our own Ray, never another's
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                [MEDTUNE, "sweep", *args],
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        proc = start_medtune(["sweep", *args], cwd, log)  # our own Ray, never another's
         proc.log = log
         procs.append(proc)
         return proc

@@ -18,7 +18,7 @@ import pytest
 from ray import tune
 
 from tests.conftest import read_progress
-from tests.tune.conftest import MEDTUNE, kill_session
+from tests.tune.conftest import MEDTUNE, kill_session, start_medtune
 from tune.run_lock import sweep_lock
 from tune.scheduler import ComparingASHA
 from tune.sweep_state import read_sweep
@@ -186,20 +186,10 @@ def test_a_trial_waiting_at_a_rung_when_the_sweep_is_interrupted_waits_again_on_
         "ray.dashboard=false",
         "run.name=pause",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("RAY_ADDRESS", None)
     out, log = tmp_path / "results" / "pause", tmp_path / "sweep.log"
     # The first trial to start runs clean, the second hangs as its step 3 begins.
     faults = {"MEDTUNE_FAULT": "none,hang@3", "MEDTUNE_FAULT_DIR": str(tmp_path / "claims")}
-    with log.open("w") as stdout:
-        proc = subprocess.Popen(
-            [MEDTUNE, "sweep", "--no-export", *args],
-            cwd=tmp_path,
-            env={**env, **faults},
-            start_new_session=True,  # its own process group, as a terminal's foreground job
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_medtune(["sweep", "--no-export", *args], tmp_path, log, faults)
     try:
         deadline = time.monotonic() + 300
         while "waits at step 5 to be compared" not in log.read_text():
@@ -232,6 +222,8 @@ def test_a_trial_waiting_at_a_rung_when_the_sweep_is_interrupted_waits_again_on_
     assert sweep.counts["waiting"] == 1
     assert read_sweep(out).counts["unfinished"] == 2  # the interrupted sweep itself
 
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
     resumed = subprocess.run(
         [MEDTUNE, "sweep", "--resume", str(out), "--no-export"],
         cwd=tmp_path,
