@@ -200,3 +200,11 @@ class TrainConfig(Section):
         "CPUs with AMX or AVX512_BF16, fp32 on other CPUs; fp16 needs CUDA.",
     )
     seed: int = Field(0, description="Seed of LoRA init and data order in every trial.")
+    stall_timeout_s: float | None = Field(
+        1800,
+        gt=0,
+        description="A trial whose training step or evaluation batch runs longer than this "
+        "(a hung data loader, GPU or filesystem) fails with where it stuck, and its slot goes to "
+        "the next trial; waits on the driver and checkpoint uploads are not counted. Empty turns "
+        "the check off.",
+    )

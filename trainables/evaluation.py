@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,16 @@ __all__ = [
 
 
 @torch.no_grad()
-def answer_loss(model, examples: list[dict], batch_size: int, pad_id: int) -> float:
-    """Mean negative log-likelihood per answer token over all examples (token-weighted)."""
+def answer_loss(
+    model,
+    examples: list[dict],
+    batch_size: int,
+    pad_id: int,
+    on_batch: Callable[[], None] | None = None,
+) -> float:
+    """Mean negative log-likelihood per answer token over all examples (token-weighted).
+
+    `on_batch` is called as each batch begins (the trial's stall watchdog)."""
     was_training = model.training
     model.eval()
     # Similar lengths in a batch waste less compute on padding.
@@ -34,6 +43,8 @@ def answer_loss(model, examples: list[dict], batch_size: int, pad_id: int) -> fl
     total, count = 0.0, 0
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
+        if on_batch is not None:
+            on_batch()
         batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # labels shift by one
@@ -155,11 +166,16 @@ def encode_decisions(
 
 @torch.no_grad()
 def decision_accuracy(
-    model, encoded: list[dict], pad_id: int, batch_size: int = len(DECISIONS)
+    model,
+    encoded: list[dict],
+    pad_id: int,
+    batch_size: int = len(DECISIONS),
+    on_batch: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Accuracy and macro-F1 of the most likely answer of each `encode_decisions` item.
 
-    `batch_size` counts sequences; the three options of an item stay in one batch.
+    `batch_size` counts sequences; the three options of an item stay in one batch. `on_batch`
+    is called as each batch begins.
     """
     was_training = model.training
     model.eval()
@@ -167,6 +183,8 @@ def decision_accuracy(
     per_batch = max(1, batch_size // len(DECISIONS))
     predictions = []
     for start in range(0, len(encoded), per_batch):
+        if on_batch is not None:
+            on_batch()
         items = encoded[start : start + per_batch]
         options = [o for item in items for o in item["options"]]
         batch = {k: v.to(device) for k, v in collate(options, pad_id).items()}

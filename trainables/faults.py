@@ -6,8 +6,9 @@
 Each entry is `kind@step`: `raise` raises a RuntimeError as the step begins, `oom` raises
 `torch.OutOfMemoryError` (what CUDA raises), `nan` makes that step's forward pass produce NaN,
 so its loss and gradients are NaN for real and the trial's own guard has to catch it; `hang`
-never ends that step (a stuck trial: a deadlocked data loader, a hung collective), which holds
-a trial before a rung while a test interrupts the sweep; `none` does nothing. With one entry
+never ends that step, blocked in C code (a stuck trial: a deadlocked lock, a hung collective),
+for the stall watchdog (`train.stall_timeout_s`) or to hold a trial before a rung while a test
+interrupts the sweep; `none` does nothing. With one entry
 every trial takes it; with several, the k-th trial to start takes the k-th (trials past the
 list run clean), claiming its entry with a file in `MEDTUNE_FAULT_DIR`. Ray workers inherit the
 driver's environment when it starts Ray, so set both before `medtune sweep`. Never set them
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-import time
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,9 @@ class Fault:
         if self.kind == "oom":
             raise torch.OutOfMemoryError(f"out of memory at step {step} ({where})")
         if self.kind == "hang":
-            while True:  # until the sweep is stopped: Ray kills the trial's process
-                time.sleep(1)
+            # Blocked in C, as a deadlocked lock or a hung collective is: no Python exception
+            # reaches this thread. Until the stall watchdog fails the trial or the sweep stops.
+            threading.Event().wait()
         # NaN enters at the embeddings and flows through the real forward and backward pass.
         model.get_input_embeddings().register_forward_hook(lambda m, i, out: out * float("nan"))
 

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -46,6 +47,7 @@ from trainables.models import (
 from trainables.precision import autocast, resolve_precision
 from trainables.prompts import IGNORE_INDEX, collate
 from trainables.scratch import trial_scratch
+from trainables.watchdog import StallWatchdog
 
 __all__ = ["TrialSettings", "train_lora"]
 
@@ -113,25 +115,26 @@ def _train(config, settings, data, weights, callbacks) -> None:
             # otherwise take one step past the budget.
             log.warning("medtune trial: checkpoint is at step %d, the full budget; done", step)
             return
+        report = _ReportToTune(
+            data["validation"],
+            train,
+            settings.pad_token_id,
+            config,
+            data.get("decisions"),
+            precision=precision,
+            device=device,
+        )
         trainer = _AnswerTokenTrainer(
             model=model,
             args=_training_args(config, train, work, precision, cuda),
             train_dataset=data["train"],
             data_collator=partial(collate, pad_id=settings.pad_token_id),
-            callbacks=[
-                _ReportToTune(
-                    data["validation"],
-                    train,
-                    settings.pad_token_id,
-                    config,
-                    data.get("decisions"),
-                    precision=precision,
-                    device=device,
-                ),
-                *callbacks,
-            ],
+            callbacks=[report, *callbacks],
         )
-        trainer.train(resume_from_checkpoint=resume)
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        finally:
+            report.stop_watchdog()  # also when the trial fails: no stale timer in a reused process
 
 
 def _lora_model(config: dict, settings: TrialSettings, weights: BaseWeights | None, precision: str):
@@ -281,14 +284,34 @@ class _ReportToTune(TrainerCallback):
         self.train_loss = float("nan")
         self.clock = time.perf_counter()
         self.tokens = 0
+        self.watchdog: StallWatchdog | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.clock, self.tokens = time.perf_counter(), state.num_input_tokens_seen
         self.fault = fault_from_env()  # tests only (trainables/faults.py)
+        if self.train.stall_timeout_s is not None:
+            self.watchdog = StallWatchdog(self.train.stall_timeout_s)
+            self.watchdog.start()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.stop_watchdog()
+
+    def stop_watchdog(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
+
+    def _beat(self, what: str) -> None:
+        if self.watchdog is not None:
+            self.watchdog.beat(what)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self._beat(f"step {state.global_step + 1}")
         if self.fault is not None:
             self.fault.before_step(state.global_step + 1, model)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._beat(f"the end of step {state.global_step} (logging, saving its checkpoint)")
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         # Every step, before the optimizer applies it: the Trainer's logged loss averages NaN
@@ -319,8 +342,12 @@ class _ReportToTune(TrainerCallback):
         elapsed = time.perf_counter() - self.clock
         tokens = state.num_input_tokens_seen - self.tokens
         where = next(model.parameters()).device.type  # "cuda" or "cpu", as Trainer placed it
+        step = state.global_step
+        batch = partial(self._beat, f"the evaluation at step {step}")  # timed per batch
         with autocast(self.precision, where):
-            loss = answer_loss(model, self.validation, self.train.eval_batch_size, self.pad_id)
+            loss = answer_loss(
+                model, self.validation, self.train.eval_batch_size, self.pad_id, on_batch=batch
+            )
         metrics = {
             "eval_loss": loss,
             "eval_perplexity": perplexity(loss),
@@ -336,10 +363,18 @@ class _ReportToTune(TrainerCallback):
             # Scored as export scores the test decisions: the most likely of the three answers.
             with autocast(self.precision, where):
                 scores = decision_accuracy(
-                    model, self.decisions, self.pad_id, batch_size=self.train.eval_batch_size
+                    model,
+                    self.decisions,
+                    self.pad_id,
+                    batch_size=self.train.eval_batch_size,
+                    on_batch=batch,
                 )
             metrics |= {"eval_accuracy": scores["accuracy"], "eval_macro_f1": scores["macro_f1"]}
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
+        checkpoint = ray.tune.Checkpoint.from_directory(str(folder))
+        # Blocked until the driver takes the result (and, paused by ASHA, for good): not the
+        # trial's own time, and a checkpoint's upload to slow storage is not a stall either.
+        with self.watchdog.paused() if self.watchdog is not None else nullcontext():
+            ray.tune.report(metrics, checkpoint=checkpoint)
         # Training throughput excludes evaluation and the checkpoint upload.
         self.clock, self.tokens = time.perf_counter(), state.num_input_tokens_seen

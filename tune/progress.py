@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ray.tune import Callback
 from rich.console import Console
 
@@ -89,6 +91,10 @@ class SweepProgress(Callback):
         self.console.print(f"[green]✓ {self._name(trial)}[/] {how} at step {step}{best_text}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = trial.get_error()
+        # Tune has just written the error beside the driver; `trial.get_error()` reads the
+        # storage copy, which only the next sync writes (it read none in every sweep here).
+        local = Path(trial.error_file) if trial.error_file else None
+        error = local.read_text(errors="replace") if local and local.is_file() else None
+        error = error or trial.get_error()
         first = str(error).strip().splitlines()[-1] if error else "unknown error"
         self.console.print(f"[red]✗ {self._name(trial)} errored:[/] {first}")

@@ -1,14 +1,16 @@
 """Failing trials through the real `medtune sweep`, and secrets kept out of everything written.
 
-One sweep of four tiny trials where three fail by injected faults (trainables/faults.py: a raise,
-a NaN in the forward pass, an out-of-memory error) and one finishes and is exported; a second
-sweep where every trial diverges for real (an absurd learning rate gives a NaN loss).
+One sweep of five tiny trials where four fail by injected faults (trainables/faults.py: a raise,
+a NaN in the forward pass, an out-of-memory error, a step that never ends, which the stall
+watchdog ends) and one finishes and is exported; a second sweep where every trial diverges for
+real (an absurd learning rate gives a NaN loss).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -23,6 +25,7 @@ SECRETS = {
     "HUGGING_FACE_HUB_TOKEN": "hf_faultsSECRETother0123456789abcdefgh",
     "MY_SERVICE_PASSWORD": "pw-faults-SECRET-8d1c",
 }
+STALL_S = 10
 TINY = [
     "model.name=tiny-random",
     "data.max_records=40",
@@ -46,8 +49,14 @@ def _medtune(root, args, env_extra):
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory, model_cache):
     root = tmp_path_factory.mktemp("faults")
-    fault = {"MEDTUNE_FAULT": "raise@2,nan@3,oom@2,none", "MEDTUNE_FAULT_DIR": str(root / "f")}
-    args = ["sweep", *TINY[:-1], "search.num_samples=4", "run.name=faults"]
+    fault = {
+        "MEDTUNE_FAULT": "raise@2,nan@3,oom@2,none,hang@2",
+        "MEDTUNE_FAULT_DIR": str(root / "f"),
+    }
+    args = ["sweep", *TINY[:-1], "search.num_samples=5", "run.name=faults"]
+    # The hung trial holds its slot this long; the others' steps and evaluations take well
+    # under a second, even on a loaded 2-core machine.
+    args += [f"train.stall_timeout_s={STALL_S}"]
     # A user who pasted a token into their config: it must not be written anywhere either.
     args += [f"data.system_prompt=Answer briefly. {SECRETS['HF_TOKEN']}"]
     args += ["export.confirm_top_k=0", "export.generate_samples=2", "export.max_new_tokens=4"]
@@ -60,17 +69,38 @@ def test_failed_trials_are_errored_with_their_reason_and_the_sweep_carries_on(fa
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "sweep_summary.json").read_text())
     trials = summary["trials"]
-    assert len(trials) == 4 and summary["errored"] == 3
+    assert len(trials) == 5 and summary["errored"] == 4
     errors = sorted(t["error"] for t in trials if t["status"] == "error")
     assert errors[0].startswith("FloatingPointError: training loss is not finite at step 3")
     assert "the step was not applied" in errors[0]
     assert errors[1].startswith("RuntimeError: trial failed at step 2")
-    assert "OutOfMemoryError: out of memory at step 2" in errors[2]
-    assert "lower train.per_device_batch_size" in errors[2]
+    stalled_s = re.match(r"stalled: no progress for (\d+) s in step 2", errors[2])
+    assert stalled_s and STALL_S <= int(stalled_s[1]) <= STALL_S + 5, errors[2]  # looks every 2.5 s
+    assert "OutOfMemoryError: out of memory at step 2" in errors[3]
+    assert "lower train.per_device_batch_size" in errors[3]
     assert all(t["trial_id"] for t in trials)
     (done,) = [t for t in trials if t["status"] == "completed"]
     assert done["last_step"] == 4 and summary["best"]["trial_id"] == done["trial_id"]
-    assert "Sweep done: 4 trials, 0 stopped early, 3 errored" in proc.stdout
+    assert "Sweep done: 5 trials, 0 stopped early, 4 errored" in proc.stdout
+    # Each failure is named as it happens, by its last line.
+    failed = [line for line in proc.stdout.splitlines() if " errored: " in line]
+    assert len(failed) == 4 and not any("unknown error" in line for line in failed), failed
+    assert any("errored: RuntimeError: trial failed at step 2" in line for line in failed)
+
+
+def test_a_stalled_trial_is_ended_with_where_it_stuck(faulty):
+    out, proc = faulty
+    summary = json.loads((out / "sweep_summary.json").read_text())
+    (stalled,) = [t for t in summary["trials"] if (t["error"] or "").startswith("stalled")]
+    # Blocked in C code (a wait on a lock) in the fault's step: the watchdog names medtune's
+    # frame and the library one it blocks in, the setting, and keeps the whole stack.
+    assert " in step 2, at trainables/faults.py:" in stalled["error"]
+    assert " before_step (in " in stalled["error"] and "threading.py:" in stalled["error"]
+    assert f"train.stall_timeout_s={STALL_S} ended it" in stalled["error"]
+    error_txt = (out / f"trial_{stalled['trial_id']}" / "error.txt").read_text()
+    assert "the training thread's stack:" in error_txt
+    assert "in _train" in error_txt and "in before_step" in error_txt
+    assert stalled["last_step"] == 0 and stalled["evaluations"] == 0
     card = (out / "export" / "README.md").read_text()
     assert "scheduler `fifo` (no early stopping)" in " ".join(card.split())
 
