@@ -238,7 +238,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Sw
     try:
         cfg = SweepConfig.model_validate(raw)
     except ValidationError as e:
-        problems.extend(_describe(err, path) for err in e.errors())
+        given = {item.partition("=")[0].strip() for item in overrides}
+        problems.extend(_describe(err, path, given) for err in e.errors())
         raise ConfigError(problems) from None
     problems.extend(_cross_checks(cfg))
     if problems:
@@ -318,7 +319,8 @@ def _apply_override(raw: dict, item: str) -> list[str]:
     return []
 
 
-def _describe(err: dict, path: Path) -> str:
+def _describe(err: dict, path: Path, given: set[str] = frozenset()) -> str:
+    """One line for a validation error; `given`: the keys overridden on the command line."""
     key = ".".join(str(p) for p in err["loc"])
     value = err.get("input")
     shown = repr(value) if not isinstance(value, dict) else "a mapping"
@@ -332,7 +334,11 @@ def _describe(err: dict, path: Path) -> str:
             f"remove it (in {path} or the command line)"
         )
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{key}: got {shown}; {msg[0].lower()}{msg[1:]} (fix it in {path} or pass {key}=...)"
+    if any(k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.") for k in given):
+        where = f"from the command line; pass {key}=... again with a valid value"
+    else:
+        where = f"fix it in {path} or pass {key}=..."
+    return f"{key}: got {shown}; {msg[0].lower()}{msg[1:]} ({where})"
 
 
 def _section_model(loc: tuple):

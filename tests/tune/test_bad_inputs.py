@@ -29,6 +29,7 @@ FILES = {
     "list.yaml": b"- train\n- search\n",
     "unknown.yaml": b"train:\n  max_step: 100\n",
     "section_list.yaml": b"train: [1, 2]\n",
+    "zero_steps.yaml": b"train:\n  max_steps: 0\n",
     "s_inverted.yaml": b"learning_rate: {type: uniform, low: 0.1, high: 0.01}\n"
     b"lora_r: {type: choice, values: [8]}\n",
     "s_empty_range.yaml": b"learning_rate: {type: uniform, low: 0.01, high: 0.01}\n"
@@ -184,7 +185,16 @@ CASES = [
     (
         "zero-steps",
         ["sweep", "train.max_steps=0"],
-        ["train.max_steps: got 0", "greater than 0", "pass train.max_steps="],
+        [
+            "train.max_steps: got 0",
+            "greater than 0",
+            "(from the command line; pass train.max_steps=... again",
+        ],
+    ),
+    (
+        "zero-steps-in-file",
+        ["sweep", "--config", "zero_steps.yaml"],
+        ["train.max_steps: got 0", "greater than 0", "(fix it in zero_steps.yaml or pass"],
     ),
     (
         "three-at-once",
