@@ -20,7 +20,6 @@ import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -86,12 +85,15 @@ def train_lora(
     # seen in CI); a generous limit only matters when a trial truly hangs.
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     try:
-        _train(config, settings, data, weights, callbacks)
+        # A stuck trial fails instead of holding its slot (trainables/watchdog.py).
+        with StallWatchdog(settings.train.stall_timeout_s) as watchdog:
+            watchdog.beat("preparing the trial (the base model, LoRA, its checkpoint)")
+            _train(config, settings, data, weights, callbacks, watchdog)
     finally:
         release_memory()  # the trial's model and trainer are gone once _train returns
 
 
-def _train(config, settings, data, weights, callbacks) -> None:
+def _train(config, settings, data, weights, callbacks, watchdog: StallWatchdog) -> None:
     torch.set_num_threads(max(1, int(settings.cpus)))
     train = settings.train
     # Seeded before LoRA's random init, so trials differ only by their hyperparameters;
@@ -123,6 +125,7 @@ def _train(config, settings, data, weights, callbacks) -> None:
             data.get("decisions"),
             precision=precision,
             device=device,
+            watchdog=watchdog,
         )
         trainer = _AnswerTokenTrainer(
             model=model,
@@ -131,10 +134,7 @@ def _train(config, settings, data, weights, callbacks) -> None:
             data_collator=partial(collate, pad_id=settings.pad_token_id),
             callbacks=[report, *callbacks],
         )
-        try:
-            trainer.train(resume_from_checkpoint=resume)
-        finally:
-            report.stop_watchdog()  # also when the trial fails: no stale timer in a reused process
+        trainer.train(resume_from_checkpoint=resume)
 
 
 def _lora_model(config: dict, settings: TrialSettings, weights: BaseWeights | None, precision: str):
@@ -276,6 +276,7 @@ class _ReportToTune(TrainerCallback):
         decisions: list[dict] | None = None,
         precision: str = "fp32",
         device: str = "CPU",
+        watchdog: StallWatchdog | None = None,
     ):
         self.device = device  # the GPU's name, or CPU: recorded with every evaluation
         self.validation, self.train, self.pad_id, self.config = validation, train, pad_id, config
@@ -284,34 +285,21 @@ class _ReportToTune(TrainerCallback):
         self.train_loss = float("nan")
         self.clock = time.perf_counter()
         self.tokens = 0
-        self.watchdog: StallWatchdog | None = None
+        # Times each step, its checkpoint write and each evaluation batch; not reports.
+        self.watchdog = watchdog or StallWatchdog(None)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.clock, self.tokens = time.perf_counter(), state.num_input_tokens_seen
         self.fault = fault_from_env()  # tests only (trainables/faults.py)
-        if self.train.stall_timeout_s is not None:
-            self.watchdog = StallWatchdog(self.train.stall_timeout_s)
-            self.watchdog.start()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.stop_watchdog()
-
-    def stop_watchdog(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.stop()
-            self.watchdog = None
-
-    def _beat(self, what: str) -> None:
-        if self.watchdog is not None:
-            self.watchdog.beat(what)
+        self.watchdog.beat("the start of training (its data loader, the first batch)")
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
-        self._beat(f"step {state.global_step + 1}")
+        self.watchdog.beat(f"step {state.global_step + 1}")
         if self.fault is not None:
             self.fault.before_step(state.global_step + 1, model)
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._beat(f"the end of step {state.global_step} (logging, saving its checkpoint)")
+        self.watchdog.beat(f"the end of step {state.global_step} (logging, saving its checkpoint)")
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         # Every step, before the optimizer applies it: the Trainer's logged loss averages NaN
@@ -343,7 +331,7 @@ class _ReportToTune(TrainerCallback):
         tokens = state.num_input_tokens_seen - self.tokens
         where = next(model.parameters()).device.type  # "cuda" or "cpu", as Trainer placed it
         step = state.global_step
-        batch = partial(self._beat, f"the evaluation at step {step}")  # timed per batch
+        batch = partial(self.watchdog.beat, f"the evaluation at step {step}")  # timed per batch
         with autocast(self.precision, where):
             loss = answer_loss(
                 model, self.validation, self.train.eval_batch_size, self.pad_id, on_batch=batch
@@ -374,7 +362,7 @@ class _ReportToTune(TrainerCallback):
         checkpoint = ray.tune.Checkpoint.from_directory(str(folder))
         # Blocked until the driver takes the result (and, paused by ASHA, for good): not the
         # trial's own time, and a checkpoint's upload to slow storage is not a stall either.
-        with self.watchdog.paused() if self.watchdog is not None else nullcontext():
+        with self.watchdog.paused():
             ray.tune.report(metrics, checkpoint=checkpoint)
         # Training throughput excludes evaluation and the checkpoint upload.
         self.clock, self.tokens = time.perf_counter(), state.num_input_tokens_seen

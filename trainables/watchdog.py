@@ -36,16 +36,20 @@ class TrialStalledError(RuntimeError):
 
 
 class StallWatchdog:
-    """Time the calling thread's work; fail `target` (a thread id) when one stretch overruns.
+    """Time the calling thread's work; fail `target` (a thread id; the main thread by default)
+    when one stretch overruns. `timeout_s=None` watches nothing.
 
-    Call `start` from the thread that does the work, `beat(what)` as each stretch begins,
-    wrap waits that are not the trial's own (reports) in `paused()`, and `stop` at the end.
+    Use it as a context manager (or `start` and `stop`) in the thread that does the work, call
+    `beat(what)` as each stretch begins, and wrap waits that are not the trial's own (reports)
+    in `paused()`.
     """
 
-    def __init__(self, timeout_s: float, target: int | None = None, poll_s: float | None = None):
+    def __init__(
+        self, timeout_s: float | None, target: int | None = None, poll_s: float | None = None
+    ):
         self.timeout_s = timeout_s
         self.target = threading.main_thread().ident if target is None else target
-        self.poll_s = poll_s if poll_s is not None else min(5.0, timeout_s / 4)
+        self.poll_s = poll_s if poll_s is not None else min(5.0, (timeout_s or 0) / 4)
         self.fired: str | None = None  # the reason, once the trial has been failed
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -55,11 +59,21 @@ class StallWatchdog:
         self._paused = False
         self._thread: threading.Thread | None = None
 
+    def __enter__(self) -> StallWatchdog:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def start(self) -> None:
         self._worker = threading.get_ident()
-        self.beat("the start of training")
-        self._thread = threading.Thread(target=self._watch, name="medtune-watchdog", daemon=True)
-        self._thread.start()
+        self.beat("the start of the trial")
+        if self.timeout_s is not None:
+            self._thread = threading.Thread(
+                target=self._watch, name="medtune-watchdog", daemon=True
+            )
+            self._thread.start()
 
     def beat(self, what: str) -> None:
         """A stretch of work named `what` (e.g. "step 12") begins now."""

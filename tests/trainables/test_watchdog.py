@@ -95,3 +95,11 @@ def test_the_timeout_counts_from_the_last_beat():
     result, _ = _run(slow_step, timeout_s=0.3)
     assert isinstance(result, TrialStalledError)
     assert " in the evaluation at step 1, at " in str(result).splitlines()[-1]
+
+
+def test_no_timeout_watches_nothing():
+    # train.stall_timeout_s left empty: the stuck step is left alone (the waiting thread gives
+    # up on its own after 1 s here) and no watchdog thread is started.
+    result, watchdog = _run(_stuck_in_step_3, timeout_s=None, wait_s=1.0)
+    assert result == "still waiting" and watchdog.fired is None
+    assert watchdog._thread is None
