@@ -6,8 +6,11 @@ from pathlib import Path
 
 from ray.tune import Callback
 from rich.console import Console
+from rich.markup import escape
 
 from tune.console import make_console
+from tune.redact import redact_text
+from tune.sweep_state import trial_error_line
 
 __all__ = ["SweepProgress", "format_params"]
 
@@ -96,5 +99,5 @@ class SweepProgress(Callback):
         local = Path(trial.error_file) if trial.error_file else None
         error = local.read_text(errors="replace") if local and local.is_file() else None
         error = error or trial.get_error()
-        first = str(error).strip().splitlines()[-1] if error else "unknown error"
-        self.console.print(f"[red]✗ {self._name(trial)} errored:[/] {first}")
+        line = trial_error_line(str(error)) if error else "unknown error"
+        self.console.print(f"[red]✗ {self._name(trial)} errored:[/] {escape(redact_text(line))}")

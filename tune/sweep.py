@@ -74,7 +74,7 @@ from tune.storage import (
     run_uri,
     upload,
 )
-from tune.sweep_state import read_sweep, tune_statuses
+from tune.sweep_state import read_sweep, trial_error_line, tune_statuses
 
 __all__ = [
     "PreparedSweep",
@@ -653,11 +653,4 @@ def _error_reason(error: Exception | None) -> str | None:
     """A trial's error as one line (the exception's last line), with a fix where one is known."""
     if error is None:
         return None
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    reason = lines[-1] if lines else type(error).__name__
-    if "OutOfMemoryError" in reason or "out of memory" in reason.lower():
-        reason += (
-            "; lower train.per_device_batch_size or data.max_length (raise "
-            "train.gradient_accumulation_steps to keep the batch), or give trials more memory"
-        )
-    return redact_text(reason)
+    return redact_text(trial_error_line(str(error)) if str(error).strip() else type(error).__name__)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "asha_rungs",
     "read_sweep",
     "state_version",
+    "trial_error_line",
     "tune_statuses",
 ]
 
@@ -47,6 +49,22 @@ _STATUS = {
 
 # As the page lists them: live first, then ended, then the ones a resume would go on with.
 _ORDER = ("running", "waiting", "pending", "completed", "stopped", "unfinished", "errored")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task's name in a trial's error
+
+
+def trial_error_line(text: str) -> str:
+    """A trial's error as one line: the last line of its traceback (the exception and its
+    message; medtune's own errors end with their reason), with the fix where one is known."""
+    lines = [line.strip() for line in _ANSI.sub("", text).strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else "no error text"
+    if "OutOfMemoryError" in reason or "out of memory" in reason.lower():
+        reason += (
+            "; lower train.per_device_batch_size or data.max_length (raise "
+            "train.gradient_accumulation_steps to keep the batch), or give trials more memory"
+        )
+    return reason
 
 
 @dataclass
@@ -80,6 +98,11 @@ class TrialState:
     @property
     def last_value(self) -> float | None:
         return self.history[-1].value if self.history else None
+
+    @property
+    def error_line(self) -> str | None:
+        """Its error as one line (`trial_error_line`); `error` keeps the whole text."""
+        return trial_error_line(self.error) if self.error else None
 
     def best(self, mode: str) -> Evaluation | None:
         finite = [e for e in self.history if math.isfinite(e.value)]
@@ -276,6 +299,7 @@ def _read_trial(trial_dir: Path, cfg: SweepConfig, statuses: dict) -> TrialState
     history, node, seconds = _read_progress(trial_dir / "progress.csv", cfg.search.metric)
     error_file = trial_dir / "error.txt"
     error = error_file.read_text(errors="replace").strip() if error_file.is_file() else None
+    error = _ANSI.sub("", error) if error else error
     if status is None:
         # No experiment state yet (or unreadable): infer from the files.
         finished = history and history[-1].step >= cfg.train.max_steps

@@ -315,7 +315,14 @@ def test_text_from_data_models_and_errors_is_escaped(sweep, browser, tmp_path):
     trial["status"] = "ERROR"
     state["trial_data"][0][0] = json.dumps(trial)
     state_file.write_text(json.dumps(state))
-    (copy / f"trial_{trial['trial_id']}" / "error.txt").write_text(f"ValueError: {HOSTILE_IMG}")
+    error_txt = copy / f"trial_{trial['trial_id']}" / "error.txt"
+    # As Ray writes it: its traceback first, the task's name coloured; the reason last.
+    error_txt.write_text(
+        "Failure # 1 (occurred at 2026-12-01_23-57-43)\n"
+        "\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1, ip=127.0.0.1)\n"
+        '  File "trainables/trainable.py", line 9, in _train\n'
+        f"ValueError: {HOSTILE_IMG}\n"
+    )
 
     report = tmp_path / "report.html"
     assert subprocess.run([MEDTUNE, "report", str(copy), "--out", str(report)]).returncode == 0
@@ -336,6 +343,25 @@ def test_text_from_data_models_and_errors_is_escaped(sweep, browser, tmp_path):
                     f'#trials tr[data-trial="{trial["trial_id"]}"]', "data-status"
                 )
                 assert status == "errored"
+                # The reason first, on one line; the whole error, without Ray's colour codes,
+                # folded away below it.
+                card = p.page.locator("#errors .card")
+                assert card.locator(".reason").text_content() == f"ValueError: {HOSTILE_IMG}"
+                details = card.locator("details")
+                assert details.get_attribute("open") is None
+                whole = details.locator("pre").text_content()
+                assert whole.startswith("Failure # 1") and "\x1b" not in whole
+                assert "ray::ImplicitFunc.train() (pid=1" in whole
+                if where == url:
+                    # Unfolded, it stays unfolded when the live page redraws (a new error).
+                    details.locator("summary").click()
+                    error_txt.write_text(f"{error_txt.read_text()}RuntimeError: again\n")
+                    p.page.wait_for_function(
+                        "() => document.querySelector('#errors .reason').textContent"
+                        " === 'RuntimeError: again'",
+                        timeout=30_000,
+                    )
+                    assert card.locator("details").get_attribute("open") is not None
             finally:
                 p.close()
     finally:
