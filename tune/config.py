@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+from collections.abc import Set
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -319,7 +320,7 @@ def _apply_override(raw: dict, item: str) -> list[str]:
     return []
 
 
-def _describe(err: dict, path: Path, given: set[str] = frozenset()) -> str:
+def _describe(err: dict, path: Path, given: Set[str] = frozenset()) -> str:
     """One line for a validation error; `given`: the keys overridden on the command line."""
     key = ".".join(str(p) for p in err["loc"])
     value = err.get("input")
