@@ -417,12 +417,6 @@ def _cross_checks(cfg: SweepConfig) -> list[str]:
             f"{cfg.data.source}); validation accuracy is scored for yes/no/maybe answers only: "
             "pass data.task=decision (data.source=pubmedqa) or search.metric=eval_loss"
         )
-    if "://" in cfg.run.storage and cfg.export.confirm_top_k > 0:
-        problems.append(
-            f"export.confirm_top_k: got {cfg.export.confirm_top_k} with a URI run.storage; "
-            "confirmation runs need a local run.storage (or one every node mounts): set "
-            "export.confirm_top_k=0 or use a local folder"
-        )
     if cfg.data.val_fraction + cfg.data.test_fraction >= 0.9:
         problems.append(
             "data.val_fraction + data.test_fraction: "

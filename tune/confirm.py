@@ -6,7 +6,9 @@ seeds each, on the same Ray cluster, and the configuration with the best *mean* 
 score wins. Its best checkpoint is what gets exported and tested, once.
 
 Results live in `results/<name>/confirm/` (a Tune experiment) and `confirm_summary.json`;
-a second `medtune export` reuses them.
+a second `medtune export` reuses them. With a URI `run.storage` the experiment is at
+`<run.storage>/<name>/confirm/`, written by whichever nodes ran it, and the driver fetches the
+one checkpoint it chooses (as for the sweep's own trials, `tune/storage.py`).
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from tune.controller import kill_actors_that_never_started
 from tune.errors import UserError
 from tune.interrupt import Interrupted, signals_stop_tune
 from tune.progress import SweepProgress
+from tune.redact import redact_text
+from tune.storage import delete_run, is_uri, open_storage, run_uri, upload
 from tune.sweep import (
     saved_training_data,
     shared_weights,
+    storage_location,
     trial_resources,
     trial_settings,
 )
@@ -39,8 +44,9 @@ __all__ = ["run_confirmation", "top_configs"]
 SUMMARY = "confirm_summary.json"
 
 
-def top_configs(results: Path, metric: str, k: int, mode: str = "min") -> list[dict]:
-    """The k distinct configurations with the best evaluation anywhere in their trial."""
+def top_configs(results: Path | str, metric: str, k: int, mode: str = "min") -> list[dict]:
+    """The k distinct configurations with the best evaluation anywhere in their trial;
+    `results` is the sweep's folder or its folder under a storage URI."""
     grid = ResultGrid(ExperimentAnalysis(str(results), default_metric=metric, default_mode=mode))
     scored = []
     for result in grid:
@@ -65,7 +71,8 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
     if cached.is_file():
         return json.loads(cached.read_text())
     metric, mode = cfg.search.metric, cfg.search.mode
-    candidates = top_configs(results, metric, cfg.export.confirm_top_k, mode)
+    location = storage_location(cfg, results)  # the results folder, or the run under a URI
+    candidates = top_configs(location, metric, cfg.export.confirm_top_k, mode)
     seeds = [cfg.train.seed + i for i in range(1, cfg.export.confirm_seeds + 1)]
     console.print(
         f"Confirming the top {len(candidates)} configurations with seeds {seeds} "
@@ -87,6 +94,8 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
     runs = len(candidates) * len(seeds)
     # Runs of an export that was stopped (Ctrl-C) are no use: theirs is not the full budget.
     shutil.rmtree(results / "confirm", ignore_errors=True)
+    if is_uri(location):
+        delete_run(run_uri(location, "confirm"))
     tuner = ray_tune.Tuner(
         trainable,
         param_space={
@@ -102,7 +111,7 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
         ),
         run_config=ray_tune.RunConfig(
             name="confirm",
-            storage_path=str(results),
+            storage_path=location,
             checkpoint_config=ray_tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
             ),
@@ -118,8 +127,10 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
             f"Export stopped during the confirmation runs; nothing exported. `medtune export "
             f"{results}` runs them again."
         )
-    summary = _summarize(grid, candidates, metric, results, mode)
+    summary = _summarize(grid, candidates, metric, location, mode)
     cached.write_text(json.dumps(summary, indent=2))
+    if is_uri(location):  # the URI holds the whole sweep, as the sweep's own summary
+        upload(results, location, [SUMMARY])
     return summary
 
 
@@ -134,9 +145,12 @@ def _confirm_trial(config: dict, *, candidates: list[dict], settings, data, weig
 
 
 def _summarize(
-    grid: ResultGrid, candidates: list[dict], metric: str, results: Path, mode: str = "min"
+    grid: ResultGrid, candidates: list[dict], metric: str, location: str, mode: str = "min"
 ) -> dict:
+    """Each candidate's runs, mean and spread, and the chosen one; checkpoints are given
+    relative to the run's folder at `location` (local, or under a storage URI)."""
     pick = min if mode == "min" else max
+    base = open_storage(location)[1] if is_uri(location) else location
     for c in candidates:
         c["runs"] = []
     for result in grid:
@@ -149,7 +163,7 @@ def _summarize(
                 "best": m[metric],
                 "step": m["step"],
                 "trial_id": m["trial_id"],
-                "checkpoint": str(Path(checkpoint.path).relative_to(results)),
+                "checkpoint": Path(checkpoint.path).relative_to(base).as_posix(),
             }
         )
     for c in candidates:
@@ -158,7 +172,10 @@ def _summarize(
         c["std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
     ranked = [i for i, c in enumerate(candidates) if c["mean"] is not None]
     if not ranked:
-        raise UserError(f"{results}: every confirmation run failed; see {results / 'confirm'}")
+        raise UserError(
+            f"every confirmation run failed; see {redact_text(location)}/confirm (each run's "
+            "error.txt)"
+        )
     chosen = pick(ranked, key=lambda i: candidates[i]["mean"])
     best_run = pick(candidates[chosen]["runs"], key=lambda r: r["best"])
     return {

@@ -38,7 +38,7 @@ from tune.data_report import encode_splits
 from tune.errors import UserError
 from tune.export_layout import PROMPT_FILE, check_sweep_finished, check_trial
 from tune.model_card import write_model_card
-from tune.storage import download_checkpoint, is_uri, open_storage, run_uri
+from tune.storage import download_folder, is_uri, open_storage, run_uri
 
 __all__ = ["MANIFEST", "PROMPT_FILE", "best_checkpoint", "export_best"]
 
@@ -82,7 +82,8 @@ def best_checkpoint(
     checkpoint, metrics = pick(candidates, key=lambda c: c[1][metric])
     if storage is None:
         return Path(checkpoint.path), metrics
-    return download_checkpoint(checkpoint, open_storage(storage)[1], results), metrics
+    rel = Path(checkpoint.path).relative_to(open_storage(storage)[1]).as_posix()
+    return download_folder(storage, rel, results), metrics
 
 
 def export_best(
@@ -115,7 +116,13 @@ def export_best(
         confirmation = run_confirmation(results, cfg, console)
         run = confirmation["best_run"]
         chosen = confirmation["candidates"][confirmation["chosen"]]
-        checkpoint = results / run["checkpoint"]
+        # With a URI run.storage the confirmation runs' checkpoints are there; this one is
+        # fetched (once: a later export finds it in the results folder).
+        checkpoint = (
+            download_folder(storage, run["checkpoint"], results)
+            if storage
+            else results / run["checkpoint"]
+        )
         best = {
             "trial_id": run["trial_id"],
             "step": run["step"],

@@ -13,6 +13,7 @@ read it); `export` fetches the one checkpoint it needs.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -29,7 +30,7 @@ __all__ = [
     "MirrorResults",
     "URI_SCHEMES",
     "delete_run",
-    "download_checkpoint",
+    "download_folder",
     "download_results",
     "is_uri",
     "open_storage",
@@ -115,13 +116,22 @@ def download_results(uri: str, local: Path, *, every_file: bool = False) -> int:
     return copied
 
 
-def download_checkpoint(checkpoint, run_fs_path: str, local: Path) -> Path:
-    """A Ray `Checkpoint` on the storage into the same place under the local results folder."""
-    rel = Path(checkpoint.path).relative_to(run_fs_path)
+def download_folder(uri: str, rel: str, local: Path) -> Path:
+    """`uri/<rel>` (a checkpoint folder) into `local/<rel>`, unless it is there already.
+
+    It lands by rename, so a download cut short never passes for a whole checkpoint.
+    """
     dst = local / rel
     if not dst.exists():
+        fs, base = open_storage(uri)
         tmp = dst.with_name(f".{dst.name}.part")
-        checkpoint.to_directory(str(tmp))
+        shutil.rmtree(tmp, ignore_errors=True)  # what a download cut short left
+        tmp.mkdir(parents=True)  # copy_files creates the folders below it, not it
+        try:
+            pafs.copy_files(f"{base}/{rel}", str(tmp), source_filesystem=fs)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _unreachable(uri, err) from err
         os.replace(tmp, dst)
     return dst
 

@@ -280,11 +280,6 @@ CASES = [
         ["run.storage: got 'ftp://host/medtune'", "not a storage Ray can write to", "s3://"],
     ),
     (
-        "confirmation-with-uri-storage",
-        ["sweep", "run.storage=s3://bucket/medtune", "export.confirm_top_k=2"],
-        ["export.confirm_top_k: got 2 with a URI run.storage", "export.confirm_top_k=0"],
-    ),
-    (
         "resume-lowers-nothing-but-trials",
         ["sweep", "--resume", "results/earlier", "train.max_steps=3"],
         ["--resume: got train.max_steps=3", "search.num_samples=N", "start a new sweep"],

@@ -1,7 +1,7 @@
 """`run.storage` as an S3 URI on a two-node Ray cluster: trials write results and checkpoints
 through the S3 API from the node they run on, the driver keeps a local copy without
-checkpoints, export fetches the checkpoint it chose, and `--resume` restores (and extends) the
-sweep from the URI.
+checkpoints, export fetches the checkpoint it chose, `--resume` restores (and extends) the
+sweep from the URI, and export's confirmation runs retrain on the worker nodes into the URI.
 
 No cloud store is reachable from here: moto's S3 server on 127.0.0.1 stands in for S3, as in
 Ray's own storage tests; pyarrow, Ray and medtune talk to it over HTTP like to any S3 endpoint.
@@ -97,6 +97,10 @@ def test_a_sweep_on_s3_storage_exports_and_resumes(s3, cluster, tmp_path, model_
         f"run.storage={uri}",
         f"run.local_dir={local}",
         "run.reuse_actors=false",  # a fresh actor per trial, placed wherever Ray has room
+        # The last export retrains the best configuration with 2 new seeds (not the first,
+        # which exports a trial chosen with --trial).
+        "export.confirm_top_k=1",
+        "export.confirm_seeds=2",
         f"ray.address={cluster.address}",
         "resources.custom={trainer: 1}",
     ]
@@ -124,10 +128,13 @@ def test_a_sweep_on_s3_storage_exports_and_resumes(s3, cluster, tmp_path, model_
     summary = json.loads((out / "sweep_summary.json").read_text())
     assert summary["best"] is not None
 
-    # Export fetches the chosen checkpoint from S3 into the local folder and scores it.
-    proc = medtune("export", str(out), cwd=tmp_path)
+    # Export fetches the best trial's best checkpoint from S3 into the local folder and
+    # scores it.
+    best = summary["best"]["trial_id"]
+    proc = medtune("export", str(out), "--trial", best, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "export" / "metrics.json").read_text())
+    assert metrics["best_trial"]["trial_id"] == best
     chosen = metrics["best_trial"]["checkpoint"]
     assert (out / chosen / "adapter_model.safetensors").is_file()
     assert f"medtune/sweeps/s3run/{chosen}/adapter_model.safetensors" in remote
@@ -145,6 +152,24 @@ def test_a_sweep_on_s3_storage_exports_and_resumes(s3, cluster, tmp_path, model_
     assert all(len(t.history) == STEPS // EVERY for t in state.trials)  # none twice
     with fs.open_input_stream("medtune/sweeps/s3run/medtune.yaml") as f:
         assert yaml.safe_load(f.read())["search"]["num_samples"] == 3
+
+    # Export with confirmation: the best configuration retrained with 2 new seeds on the
+    # worker nodes, their checkpoints written to S3; the driver fetches the chosen one only.
+    proc = medtune("export", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((out / "export" / "metrics.json").read_text())
+    assert metrics["chosen_by"] == "confirmation"
+    runs = metrics["confirmation"]["candidates"][0]["runs"]
+    assert sorted(r["seed"] for r in runs) == [1, 2]
+    confirmed = metrics["best_trial"]["checkpoint"]
+    assert confirmed.startswith("confirm/") and (out / confirmed / "adapter_config.json").is_file()
+    remote = files(fs, "medtune/sweeps/s3run/confirm")
+    for run in runs:
+        assert any(p.startswith(f"medtune/sweeps/s3run/{run['checkpoint']}/") for p in remote)
+    assert len({r["checkpoint"] for r in runs}) == 2
+    names = {p.removeprefix("medtune/sweeps/s3run/") for p in files(fs, "medtune/sweeps/s3run")}
+    assert "confirm_summary.json" in names
+    assert len(list(out.rglob("checkpoint_*"))) == 2  # the --trial export's and this one
 
     # The same run name again is refused while the run exists on S3, even without a local copy.
     (tmp_path / "elsewhere").mkdir()
@@ -211,3 +236,40 @@ def test_a_same_size_rewrite_is_copied(tmp_path):
     os.utime(state, (1001, 1001))  # a later second: copied, even though the local file is
     assert download_results(uri, local) == 1  # newer on this disk than the remote's time
     assert "RUNNING" in (local / "experiment_state-1.json").read_text()
+
+
+def test_a_checkpoint_is_downloaded_whole_and_once(tmp_path):
+    """What export fetches: the folder at its relative path, a cut-short download replaced,
+    one already there not fetched again; a path that is not there is one clear error."""
+    from tune.errors import UserError
+    from tune.storage import download_folder
+
+    remote = tmp_path / "bucket" / "run"
+    ckpt = remote / "confirm" / "confirm_a" / "checkpoint_000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
+    (ckpt / "trainer_state.json").write_text('{"global_step": 5}')
+    (ckpt / "rng").mkdir()
+    (ckpt / "rng" / "state.pth").write_bytes(b"rng")
+    local = tmp_path / "local"
+    partial = local / "confirm" / "confirm_a" / ".checkpoint_000001.part"
+    partial.mkdir(parents=True)
+    (partial / "adapter_model.safetensors").write_bytes(b"half")  # a download cut short
+
+    uri = remote.as_uri()
+    got = download_folder(uri, "confirm/confirm_a/checkpoint_000001", local)
+    assert got == local / "confirm" / "confirm_a" / "checkpoint_000001"
+    assert (got / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert sorted(p.relative_to(got).as_posix() for p in got.rglob("*")) == [
+        "adapter_model.safetensors",
+        "rng",
+        "rng/state.pth",
+        "trainer_state.json",
+    ]
+    assert not partial.exists()
+    (ckpt / "adapter_model.safetensors").write_bytes(b"changed")  # there already: kept
+    download_folder(uri, "confirm/confirm_a/checkpoint_000001", local)
+    assert (got / "adapter_model.safetensors").read_bytes() == b"weights"
+    with pytest.raises(UserError, match="cannot open it"):
+        download_folder(uri, "confirm/confirm_b/checkpoint_000001", local)
+    assert not list(local.rglob("*.part"))  # nothing half-fetched left behind
