@@ -73,7 +73,7 @@ test: install browser
 	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15
 
 # While developing: the tests that run no sweep, cluster or benchmark through Ray (`-m "not slow
-# and not bench"`; 307 passed in 135.13 s on the 2-core EPYC, 2026-12-01). CI runs `make test`.
+# and not bench"`; 316 passed in 174.19 s on the 2-core EPYC, 2026-12-01). CI runs `make test`.
 test-quick: install browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder -m "not slow and not bench"
