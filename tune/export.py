@@ -7,7 +7,9 @@ the one written at that evaluation, not the trial's last. Only the chosen model 
 test split, once. The export folder is the merged model (loads with
 `transformers.pipeline`), plus `adapter/` (PEFT), `metrics.json`, `medtune_prompt.json`, a
 model card and `checksums.sha256`. It is written to a temporary folder and renamed into
-place, so a failed export leaves any earlier export untouched.
+place, so a failed export leaves any earlier export untouched. With a URI `run.storage` an
+export inside the results folder (the default place) is also uploaded to the same place under
+the URI, replacing one there, `checksums.sha256` last: a head node's disk need not outlive it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from tune.data_report import encode_splits
 from tune.errors import UserError
 from tune.export_layout import PROMPT_FILE, check_sweep_finished, check_trial
 from tune.model_card import write_model_card
-from tune.storage import download_folder, is_uri, open_storage, run_uri
+from tune.redact import redact_text
+from tune.storage import delete_run, download_folder, is_uri, open_storage, run_uri, upload
 
 __all__ = ["MANIFEST", "PROMPT_FILE", "best_checkpoint", "export_best"]
 
@@ -179,7 +182,19 @@ def export_best(
     }
     prompt = {"system_prompt": cfg.data.system_prompt, "max_length": cfg.data.max_length}
     _write_export(model, tokenizer, checkpoint, metrics, prompt, results, out)
+    if storage and out.is_relative_to(results):
+        remote = run_uri(storage, out.relative_to(results).as_posix())
+        with console.status("Uploading the export"):
+            _upload_export(out, remote)
+        console.print(f"Uploaded the export to {redact_text(remote)}")
     return metrics
+
+
+def _upload_export(out: Path, uri: str) -> None:
+    """The export at `uri` too, replacing one there; its manifest goes last, so an upload cut
+    short has no checksums.sha256 and cannot pass for a whole export."""
+    delete_run(uri)
+    upload(out, uri, [p.name for p in sorted(out.iterdir()) if p.name != MANIFEST] + [MANIFEST])
 
 
 def _write_manifest(folder: Path) -> None:

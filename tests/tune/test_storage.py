@@ -139,6 +139,13 @@ def test_a_sweep_on_s3_storage_exports_and_resumes(s3, cluster, tmp_path, model_
     assert (out / chosen / "adapter_model.safetensors").is_file()
     assert f"medtune/sweeps/s3run/{chosen}/adapter_model.safetensors" in remote
     assert len(list(out.rglob("checkpoint_*"))) == 1  # that one only
+    # The export is on S3 too, file for file, its manifest included.
+    export = out / "export"
+    uploaded = files(fs, "medtune/sweeps/s3run/export")
+    assert sorted(p.removeprefix("medtune/sweeps/s3run/export/") for p in uploaded) == sorted(
+        p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file()
+    )
+    assert "checksums.sha256" in {p.rsplit("/", 1)[1] for p in uploaded}
 
     # Resume from the URI with one more trial: the two finished ones are not run again.
     # (No export after it: the one above checked that from S3.)
@@ -170,6 +177,8 @@ def test_a_sweep_on_s3_storage_exports_and_resumes(s3, cluster, tmp_path, model_
     names = {p.removeprefix("medtune/sweeps/s3run/") for p in files(fs, "medtune/sweeps/s3run")}
     assert "confirm_summary.json" in names
     assert len(list(out.rglob("checkpoint_*"))) == 2  # the --trial export's and this one
+    with fs.open_input_stream("medtune/sweeps/s3run/export/metrics.json") as f:
+        assert json.loads(f.read())["chosen_by"] == "confirmation"  # the new export replaced it
 
     # The same run name again is refused while the run exists on S3, even without a local copy.
     (tmp_path / "elsewhere").mkdir()
