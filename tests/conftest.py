@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,31 @@ def ray_2_cpus():
         # as the two-node cluster of tests/tune/test_storage.py running in the other worker.
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
+
+
+# An idle local Ray still costs about 8% of a core (its GCS, raylet, agents and monitors poll:
+# 4.69 CPU-s in 60 s here, 2026-12-02), and a test worker kept the one `ray_2_cpus` started
+# until the session ended, through the files that came after it, most of them without Ray.
+# Starting it again costs about 11 CPU-s, about 140 s of idling: so once a worker has run 140 s
+# of other modules since the last one that asked for it, it is shut down (a module that asks
+# again starts it again).
+RAY_IDLE_S = 140.0
+_ray_use = {"module": None, "idle_since": None}
+
+
+def pytest_runtest_setup(item):
+    if "ray_2_cpus" in item.fixturenames:
+        _ray_use.update(module=item.module, idle_since=None)
+        return
+    if item.module is _ray_use["module"] or "ray" not in sys.modules:
+        return  # a module that uses it may have tests that do not ask for it themselves
+    import ray
+
+    now = time.monotonic()
+    if not ray.is_initialized():
+        _ray_use["idle_since"] = None
+    elif _ray_use["idle_since"] is None:
+        _ray_use["idle_since"] = now
+    elif now - _ray_use["idle_since"] > RAY_IDLE_S:
+        ray.shutdown()
+        _ray_use["idle_since"] = None
