@@ -24,6 +24,7 @@ from ray.tune import Callback
 
 from tune.config import URI_SCHEMES, is_uri
 from tune.errors import UserError
+from tune.export_layout import PROMPT_FILE
 from tune.redact import redact_text
 
 __all__ = [
@@ -87,20 +88,26 @@ def upload(local: Path, uri: str, names: list[str]) -> None:
 
 def download_results(uri: str, local: Path, *, every_file: bool = False) -> int:
     """Ray's files under `uri` (experiment state, trial results and errors), without the
-    checkpoints, into `local`; only files that changed, or `every_file` (the final copy: a
-    rewrite within the same second, at the same size, looks unchanged, since object stores
-    keep whole-second modification times). Returns how many were copied.
+    checkpoints or an export (a model the driver uploaded from `local`), into `local`; only
+    files that changed, or `every_file` (the final copy: a rewrite within the same second, at
+    the same size, looks unchanged, since object stores keep whole-second modification
+    times). Returns how many were copied.
 
     Each file lands by rename, so a dashboard reading `local` never sees half a file.
     """
     fs, base = open_storage(uri)
     selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    infos = [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+    rels = [i.path[len(base) :].lstrip("/") for i in infos]
+    # An export's folder holds its prompt file: every file below such a folder is skipped.
+    exports = tuple(
+        rel.removesuffix(PROMPT_FILE) for rel in rels if rel.endswith(f"/{PROMPT_FILE}")
+    )
     copied = 0
-    for info in fs.get_file_info(selector):
-        if info.type != pafs.FileType.File:
-            continue
-        rel = info.path[len(base) :].lstrip("/")
+    for info, rel in zip(infos, rels, strict=True):
         if any(part.startswith("checkpoint_") for part in rel.split("/")):
+            continue
+        if rel.startswith(exports):
             continue
         dst = local / rel
         if not every_file and _unchanged(dst, info):

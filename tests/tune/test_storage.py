@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pytest
 import yaml
 
-from tests.tune.conftest import MEDTUNE
+from tests.tune.conftest import MEDTUNE, snapshot
 from tune.cluster import use_trial_worker_settings
 from tune.sweep_state import read_sweep
 
@@ -147,8 +147,9 @@ def test_a_sweep_on_s3_storage_exports_and_resumes(s3, cluster, tmp_path, model_
     )
     assert "checksums.sha256" in {p.rsplit("/", 1)[1] for p in uploaded}
 
-    # Resume from the URI with one more trial: the two finished ones are not run again.
-    # (No export after it: the one above checked that from S3.)
+    # Resume from the URI with one more trial: the two finished ones are not run again,
+    # and the export uploaded above is not copied back over the local one.
+    exported = snapshot(out / "export")
     proc = medtune(
         "sweep", "--resume", str(out), "--no-export", "search.num_samples=3", cwd=tmp_path
     )
@@ -157,6 +158,7 @@ def test_a_sweep_on_s3_storage_exports_and_resumes(s3, cluster, tmp_path, model_
     assert len(state.trials) == 3
     assert all(t.status == "completed" for t in state.trials)
     assert all(len(t.history) == STEPS // EVERY for t in state.trials)  # none twice
+    assert snapshot(out / "export") == exported
     with fs.open_input_stream("medtune/sweeps/s3run/medtune.yaml") as f:
         assert yaml.safe_load(f.read())["search"]["num_samples"] == 3
 
@@ -201,10 +203,17 @@ def test_the_local_copy_skips_checkpoints_and_copies_only_what_changed(tmp_path)
     (remote / "trial_a" / "checkpoint_000001" / "adapter_model.safetensors").write_bytes(b"w")
     (remote / "trial_a" / "progress.csv").write_text("step,eval_loss\n5,2.9\n")
     (remote / "experiment_state-1.json").write_text("{}")
+    # Exports the driver uploaded (the default place and an --out inside the results folder):
+    # a model it has locally already, never copied back.
+    for export in (remote / "export", remote / "picked" / "r8-export"):
+        export.mkdir(parents=True)
+        (export / "medtune_prompt.json").write_text("{}")
+        (export / "model.safetensors").write_bytes(b"merged model")
     local = tmp_path / "local"
 
     uri = remote.as_uri()  # file://: the same pyarrow code path as s3://, on this disk
     assert download_results(uri, local) == 2
+    assert not (local / "export").exists() and not (local / "picked").exists()
     assert (local / "trial_a" / "progress.csv").read_text().endswith("2.9\n")
     assert not (local / "trial_a" / "checkpoint_000001").exists()
     assert not list(local.rglob("*.part"))
