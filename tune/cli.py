@@ -8,7 +8,8 @@
     medtune export results/<name> [--out DIR] [--trial ID]
     medtune generate results/<name>/export ["question"]
     medtune serve results/<name>/export [--port N]
-    medtune dashboard results/<name> [--port N]   (or results: an index of its sweeps)
+    medtune dashboard results/<name> [--port N]   (or results: an index of its sweeps; or
+                                                  s3://bucket/prefix/<name>, followed)
     medtune report results/<name> [--out FILE]
 
 Bad input prints one line per problem (`medtune: error: ...`) and exits 2 before anything is
@@ -102,8 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     dashboard = sub.add_parser("dashboard", help="watch or inspect a sweep in the browser")
     dashboard.add_argument(
         "results",
-        type=Path,
-        help="the sweep's folder, e.g. results/<name>, or a folder of sweeps for an index",
+        help="the sweep's folder, e.g. results/<name>, or a folder of sweeps for an index; or "
+        "the sweep's folder under a URI run.storage (s3://bucket/prefix/<name>), followed from "
+        "this machine",
     )
     dashboard.add_argument(
         "--port", type=int, default=8266, help="default 8266 (next to Ray's 8265); 0: any free"
@@ -200,8 +202,19 @@ def _dashboard(args, console: Console) -> int:
         return 0
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: not a TCP port; use 1-65535, or 0 for any free one")
+    folder = Path(args.results)
+    if "://" in args.results:  # a sweep on object storage, seen from any machine
+        from tune.redact import redact_text
+        from tune.storage import FOLLOW_EVERY_S, follow_sweep
+
+        folder = follow_sweep(args.results)
+        console.print(
+            f"Following {redact_text(args.results)}: its results without checkpoints, copied to "
+            f"{folder} every {FOLLOW_EVERY_S:.0f} s",
+            soft_wrap=True,
+        )
     try:
-        serve_dashboard(args.results, args.host, args.port, console)
+        serve_dashboard(folder, args.host, args.port, console)
     except OSError as e:
         raise UserError(
             f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror}); "

@@ -12,8 +12,11 @@ read it); `export` fetches the one checkpoint it needs.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -31,10 +34,12 @@ __all__ = [
     "MirrorResults",
     "URI_SCHEMES",
     "delete_run",
+    "follow_sweep",
     "download_folder",
     "download_results",
     "is_uri",
     "open_storage",
+    "remote_copy_dir",
     "run_exists",
     "run_uri",
     "upload",
@@ -86,12 +91,15 @@ def upload(local: Path, uri: str, names: list[str]) -> None:
             pafs.copy_files(str(src), f"{base}/{name}", destination_filesystem=fs)
 
 
-def download_results(uri: str, local: Path, *, every_file: bool = False) -> int:
+def download_results(
+    uri: str, local: Path, *, every_file: bool = False, export_files: tuple[str, ...] = ()
+) -> int:
     """Ray's files under `uri` (experiment state, trial results and errors), without the
     checkpoints or an export (a model the driver uploaded from `local`), into `local`; only
     files that changed, or `every_file` (the final copy: a rewrite within the same second, at
     the same size, looks unchanged, since object stores keep whole-second modification
-    times). Returns how many were copied.
+    times). `export_files`: names of an export's files to copy all the same (its metrics, for a
+    dashboard away from the driver). Returns how many were copied.
 
     Each file lands by rename, so a dashboard reading `local` never sees half a file.
     """
@@ -107,7 +115,7 @@ def download_results(uri: str, local: Path, *, every_file: bool = False) -> int:
     for info, rel in zip(infos, rels, strict=True):
         if any(part.startswith("checkpoint_") for part in rel.split("/")):
             continue
-        if rel.startswith(exports):
+        if rel.startswith(exports) and rel.rsplit("/", 1)[-1] not in export_files:
             continue
         dst = local / rel
         if not every_file and _unchanged(dst, info):
@@ -141,6 +149,49 @@ def download_folder(uri: str, rel: str, local: Path) -> Path:
             raise _unreachable(uri, err) from err
         os.replace(tmp, dst)
     return dst
+
+
+# What `medtune dashboard <uri>` copies of an export: what the page shows of it.
+DASHBOARD_EXPORT_FILES = ("metrics.json",)
+FOLLOW_EVERY_S = 10.0
+
+
+def remote_copy_dir(uri: str) -> Path:
+    """Where a machine other than the driver keeps its copy of the sweep at `uri`: one folder
+    per URI under $MEDTUNE_CACHE (default ~/.cache/medtune)/sweeps."""
+    root = Path(os.environ.get("MEDTUNE_CACHE") or Path.home() / ".cache" / "medtune")
+    name = urlsplit(uri).path.rstrip("/").rsplit("/", 1)[-1]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "sweep"
+    return root / "sweeps" / f"{name}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
+
+
+def follow_sweep(uri: str, every_s: float = FOLLOW_EVERY_S) -> Path:
+    """Copy the sweep at `uri` (without checkpoints or models) to `remote_copy_dir(uri)` and
+    keep the copy current every `every_s` seconds, in a daemon thread, while this process
+    lives: what `medtune dashboard` reads when given a URI. Returns the copy's folder."""
+    if not run_exists(uri):
+        raise UserError(
+            f"{redact_text(uri)}: nothing there; give a sweep's folder under its run.storage, "
+            "e.g. s3://bucket/prefix/<run.name>"
+        )
+    local = remote_copy_dir(uri)
+    download_results(uri, local, export_files=DASHBOARD_EXPORT_FILES)
+    if not (local / "medtune.yaml").is_file():
+        raise UserError(
+            f"{redact_text(uri)}: not a medtune sweep (no medtune.yaml); give a sweep's folder "
+            "under its run.storage, e.g. s3://bucket/prefix/<run.name>"
+        )
+
+    def follow() -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                download_results(uri, local, export_files=DASHBOARD_EXPORT_FILES)
+            except (OSError, UserError):
+                pass  # the store unreachable for a while: the next round catches up
+
+    threading.Thread(target=follow, name="medtune-follow-sweep", daemon=True).start()
+    return local
 
 
 class MirrorResults(Callback):
