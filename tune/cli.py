@@ -76,7 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--debug", action="store_true", help="show tracebacks")
 
     export = sub.add_parser("export", help="export the best model of a finished sweep")
-    export.add_argument("results", type=Path, help="the sweep's folder, e.g. results/<name>")
+    export.add_argument(
+        "results",
+        help="the sweep's folder, e.g. results/<name>, or its folder under a URI run.storage "
+        "(s3://bucket/prefix/<name>) from a machine other than the driver",
+    )
     export.add_argument("--out", type=Path, help="destination (default: results/<name>/export)")
     export.add_argument(
         "--trial",
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             from tune.serve import run_serve
 
             return run_serve(args, console)
-        return _export(args.results, console, args.out, args.trial)
+        return _export(_local_results(args.results, console), console, args.out, args.trial)
     except USER_ERRORS as e:
         if args.debug:
             raise
@@ -203,7 +207,7 @@ def _dashboard(args, console: Console) -> int:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: not a TCP port; use 1-65535, or 0 for any free one")
     folder = Path(args.results)
-    if "://" in args.results:  # a sweep on object storage, seen from any machine
+    if "://" in args.results:  # a sweep on object storage, followed from any machine
         from tune.redact import redact_text
         from tune.storage import FOLLOW_EVERY_S, follow_sweep
 
@@ -343,6 +347,18 @@ def _every_trial_failed(summary: dict, out: Path) -> int:
         file=sys.stderr,
     )
     return 1
+
+
+def _local_results(results: str, console: Console) -> Path:
+    """The sweep's folder; given its URI under run.storage, a copy of it on this machine."""
+    if "://" not in results:
+        return Path(results)
+    from tune.redact import redact_text
+    from tune.storage import copy_sweep
+
+    local = copy_sweep(results)
+    console.print(f"Copied {redact_text(results)} without checkpoints to {local}", soft_wrap=True)
+    return local
 
 
 def _export(results: Path, console: Console, out: Path | None, trial: str | None = None) -> int:

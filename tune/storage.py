@@ -33,6 +33,7 @@ from tune.redact import redact_text
 __all__ = [
     "MirrorResults",
     "URI_SCHEMES",
+    "copy_sweep",
     "delete_run",
     "follow_sweep",
     "download_folder",
@@ -165,10 +166,9 @@ def remote_copy_dir(uri: str) -> Path:
     return root / "sweeps" / f"{name}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
 
 
-def follow_sweep(uri: str, every_s: float = FOLLOW_EVERY_S) -> Path:
-    """Copy the sweep at `uri` (without checkpoints or models) to `remote_copy_dir(uri)` and
-    keep the copy current every `every_s` seconds, in a daemon thread, while this process
-    lives: what `medtune dashboard` reads when given a URI. Returns the copy's folder."""
+def copy_sweep(uri: str) -> Path:
+    """Copy the sweep at `uri` (without checkpoints or models) to `remote_copy_dir(uri)`, for
+    `medtune dashboard` or `export` on a machine other than the driver; returns the copy."""
     if not run_exists(uri):
         raise UserError(
             f"{redact_text(uri)}: nothing there; give a sweep's folder under its run.storage, "
@@ -181,6 +181,13 @@ def follow_sweep(uri: str, every_s: float = FOLLOW_EVERY_S) -> Path:
             f"{redact_text(uri)}: not a medtune sweep (no medtune.yaml); give a sweep's folder "
             "under its run.storage, e.g. s3://bucket/prefix/<run.name>"
         )
+    return local
+
+
+def follow_sweep(uri: str, every_s: float = FOLLOW_EVERY_S) -> Path:
+    """`copy_sweep`, then keep the copy current every `every_s` seconds, in a daemon thread,
+    while this process lives: what `medtune dashboard` reads when given a URI."""
+    local = copy_sweep(uri)
 
     def follow() -> None:
         while True:

@@ -17,6 +17,7 @@ import yaml
 
 from tests.tune.conftest import MEDTUNE, snapshot
 from tune.cluster import use_trial_worker_settings
+from tune.storage import run_uri
 from tune.sweep_state import read_sweep
 
 pytestmark = pytest.mark.slow
@@ -71,8 +72,8 @@ def cluster(s3):
     c.shutdown()
 
 
-def medtune(*args, cwd):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def medtune(*args, cwd, env=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
         [MEDTUNE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
@@ -181,6 +182,27 @@ def test_a_sweep_on_s3_storage_exports_and_resumes(s3, cluster, tmp_path, model_
     assert len(list(out.rglob("checkpoint_*"))) == 2  # the --trial export's and this one
     with fs.open_input_stream("medtune/sweeps/s3run/export/metrics.json") as f:
         assert json.loads(f.read())["chosen_by"] == "confirmation"  # the new export replaced it
+
+    # From another machine, with the bucket's URI alone: the same model, exported where asked
+    # (the confirmation's summary and the chosen checkpoint fetched; nothing retrained).
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    proc = medtune(
+        "export",
+        run_uri(uri, "s3run"),
+        "--out",
+        "model",
+        cwd=laptop,
+        env={"MEDTUNE_CACHE": str(laptop / "cache")},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Copied s3://medtune/sweeps/s3run" in proc.stdout and "Confirming" not in proc.stdout
+    elsewhere = json.loads((laptop / "model" / "metrics.json").read_text())
+    assert elsewhere["best_trial"] == metrics["best_trial"]
+    assert elsewhere["tuned"] == pytest.approx(metrics["tuned"])
+    assert (laptop / "model" / "checksums.sha256").is_file()
+    (copy,) = (laptop / "cache" / "sweeps").iterdir()
+    assert [p.relative_to(copy).as_posix() for p in copy.rglob("checkpoint_*")] == [confirmed]
 
     # The same run name again is refused while the run exists on S3, even without a local copy.
     (tmp_path / "elsewhere").mkdir()
