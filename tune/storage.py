@@ -35,9 +35,9 @@ __all__ = [
     "URI_SCHEMES",
     "copy_sweep",
     "delete_run",
-    "follow_sweep",
     "download_folder",
     "download_results",
+    "follow_sweep",
     "is_uri",
     "open_storage",
     "remote_copy_dir",
@@ -174,13 +174,13 @@ def copy_sweep(uri: str) -> Path:
             f"{redact_text(uri)}: nothing there; give a sweep's folder under its run.storage, "
             "e.g. s3://bucket/prefix/<run.name>"
         )
-    local = remote_copy_dir(uri)
-    download_results(uri, local, export_files=DASHBOARD_EXPORT_FILES)
-    if not (local / "medtune.yaml").is_file():
+    if not run_exists(run_uri(uri, "medtune.yaml")):  # checked before copying anything
         raise UserError(
             f"{redact_text(uri)}: not a medtune sweep (no medtune.yaml); give a sweep's folder "
             "under its run.storage, e.g. s3://bucket/prefix/<run.name>"
         )
+    local = remote_copy_dir(uri)
+    download_results(uri, local, export_files=DASHBOARD_EXPORT_FILES)
     return local
 
 

@@ -350,6 +350,16 @@ def test_dashboard_of_a_sweep_on_object_storage_follows_it_from_another_machine(
     )
     assert gone.returncode == 2
     assert gone.stderr.startswith("medtune: error: file://") and "nothing there" in gone.stderr
+    (tmp_path / "bucket" / "sweeps" / "other").mkdir()  # the folder of sweeps, say
+    (tmp_path / "bucket" / "sweeps" / "other" / "progress.csv").write_text("step\n1\n")
+    wrong = subprocess.run(
+        [MEDTUNE, "dashboard", (tmp_path / "bucket" / "sweeps").as_uri(), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MEDTUNE_CACHE": str(cache)},
+    )
+    assert wrong.returncode == 2 and "not a medtune sweep (no medtune.yaml)" in wrong.stderr
+    assert len(list((cache / "sweeps").iterdir())) == 1  # nothing of it copied
 
 
 def test_text_from_data_models_and_errors_is_escaped(sweep, browser, tmp_path):
