@@ -15,6 +15,8 @@ import argparse
 import copy
 from pathlib import Path
 
+from trainables.config import default_cache_root
+
 # From the SmolLM2 model cards' config.json (Llama architecture, 49,152-token vocabulary, tied
 # embeddings); what differs between sizes.
 SHAPES = {
@@ -67,9 +69,13 @@ def build(size: str, out: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("size", choices=sorted(SHAPES))
-    parser.add_argument("--out", type=Path, help="default: ~/.cache/medtune/shaped/smollm2-SIZE")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="default: $MEDTUNE_CACHE or ~/.cache/medtune, then shaped/smollm2-SIZE",
+    )
     args = parser.parse_args()
-    out = args.out or Path.home() / ".cache" / "medtune" / "shaped" / f"smollm2-{args.size}"
+    out = args.out or default_cache_root() / "shaped" / f"smollm2-{args.size}"
     print(build(args.size, out))
 
 

@@ -6,9 +6,17 @@ receives them as plain objects and never sees the CLI or the searcher.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+
+def default_cache_root() -> Path:
+    """Where medtune keeps what it builds or copies (converted models, copies of remote
+    sweeps) unless told otherwise: $MEDTUNE_CACHE, else ~/.cache/medtune."""
+    return Path(os.environ.get("MEDTUNE_CACHE") or Path.home() / ".cache" / "medtune").expanduser()
 
 
 class Section(BaseModel):

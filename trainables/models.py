@@ -37,7 +37,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from trainables.config import ModelConfig
+from trainables.config import ModelConfig, default_cache_root
 from trainables.errors import ModelError
 from trainables.precision import DTYPES
 
@@ -81,8 +81,7 @@ _TARGETS = {
 
 
 def cache_root(cfg: ModelConfig) -> Path:
-    root = cfg.cache_dir or os.environ.get("MEDTUNE_CACHE") or Path.home() / ".cache" / "medtune"
-    return Path(root).expanduser()
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
 
 
 def check_model(cfg: ModelConfig) -> None:

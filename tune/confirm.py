@@ -6,9 +6,11 @@ seeds each, on the same Ray cluster, and the configuration with the best *mean* 
 score wins. Its best checkpoint is what gets exported and tested, once.
 
 Results live in `results/<name>/confirm/` (a Tune experiment) and `confirm_summary.json`;
-a second `medtune export` reuses them. With a URI `run.storage` the experiment is at
-`<run.storage>/<name>/confirm/`, written by whichever nodes ran it, and the driver fetches the
-one checkpoint it chooses (as for the sweep's own trials, `tune/storage.py`).
+a second `medtune export` reuses them while the sweep's top k are the configurations they ran
+(a sweep extended after its export may have a new best: its confirmation runs again). With a
+URI `run.storage` the experiment is at `<run.storage>/<name>/confirm/`, written by whichever
+nodes ran it, and the driver fetches the one checkpoint it chooses (as for the sweep's own
+trials, `tune/storage.py`).
 """
 
 from __future__ import annotations
@@ -67,13 +69,20 @@ def top_configs(results: Path | str, metric: str, k: int, mode: str = "min") -> 
 
 def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
     """Retrain the top-k with new seeds; return the summary with the chosen checkpoint."""
-    cached = results / SUMMARY
-    if cached.is_file():
-        return json.loads(cached.read_text())
     metric, mode = cfg.search.metric, cfg.search.mode
     location = storage_location(cfg, results)  # the results folder, or the run under a URI
     candidates = top_configs(location, metric, cfg.export.confirm_top_k, mode)
     seeds = [cfg.train.seed + i for i in range(1, cfg.export.confirm_seeds + 1)]
+    cached = results / SUMMARY
+    if cached.is_file():
+        summary = json.loads(cached.read_text())
+        if _confirms(summary, candidates, seeds):
+            return summary
+        # A sweep extended or resumed after its export may have a new top k: these runs
+        # confirmed configurations that are no longer the ones to choose from.
+        console.print(
+            "The sweep's top configurations changed since its confirmation runs: running them again"
+        )
     console.print(
         f"Confirming the top {len(candidates)} configurations with seeds {seeds} "
         f"({len(candidates) * len(seeds)} runs of {cfg.train.max_steps} steps)"
@@ -127,11 +136,26 @@ def run_confirmation(results: Path, cfg: SweepConfig, console: Console) -> dict:
             f"Export stopped during the confirmation runs; nothing exported. `medtune export "
             f"{results}` runs them again."
         )
-    summary = _summarize(grid, candidates, metric, location, mode)
+    summary = {**_summarize(grid, candidates, metric, location, mode), "seeds": seeds}
     cached.write_text(json.dumps(summary, indent=2))
     if is_uri(location):  # the URI holds the whole sweep, as the sweep's own summary
         upload(results, location, [SUMMARY])
     return summary
+
+
+def _confirms(summary: dict, candidates: list[dict], seeds: list[int]) -> bool:
+    """Whether `summary` (a confirmation's) ran these candidates' configurations with these
+    seeds. Summaries written before it recorded its seeds give them by their runs."""
+
+    def key(config: dict) -> str:
+        return json.dumps(config, sort_keys=True)
+
+    ran = summary.get("seeds") or sorted(
+        {r["seed"] for c in summary["candidates"] for r in c["runs"]}
+    )
+    return ran == seeds and [key(c["config"]) for c in summary["candidates"]] == [
+        key(c["config"]) for c in candidates
+    ]
 
 
 def _confirm_trial(config: dict, *, candidates: list[dict], settings, data, weights) -> None:

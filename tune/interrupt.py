@@ -15,8 +15,10 @@ A second signal raises KeyboardInterrupt, as a second Ctrl-C: quit at once, stat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -61,14 +63,24 @@ def signals_stop_tune(console: Console, stopping: str) -> Iterator[StopRequest]:
         _TUNE_RUN_LOGGER.setLevel(logging.CRITICAL)
         again = "Ctrl-C again" if signum == signal.SIGINT else "SIGTERM received; another"
         console.print(f"\n{stopping} ({again} quits at once)")
-        watch = threading.Thread(target=_quit_if_any_ends, args=(ray_processes, console, done))
-        watch.daemon = True
-        watch.start()
         os.kill(os.getpid(), signal.SIGUSR1)
 
     done = threading.Event()  # the block has ended
     # Taken before any signal: a group-wide one may end some of them before a handler runs.
     ray_processes = _local_ray_processes()
+    # Python runs a signal's handler in the main thread, between two bytecodes; in a call into
+    # Ray that never returns once the raylet is gone, that is never. Its C-level handler writes
+    # the signal's number to the wakeup fd at once, from whichever thread took the signal: the
+    # watcher reads it there.
+    wakeup_read, wakeup_write = os.pipe()
+    os.set_blocking(wakeup_write, False)
+    before_wakeup = signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
+    watch = threading.Thread(
+        target=_quit_if_ray_ends_after_a_signal,
+        args=(wakeup_read, before_wakeup, ray_processes, console, done),
+        daemon=True,
+    )
+    watch.start()
     before_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     before_level = _TUNE_RUN_LOGGER.level
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
@@ -79,6 +91,10 @@ def signals_stop_tune(console: Console, stopping: str) -> Iterator[StopRequest]:
         done.set()
         for signum, handler in before.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set in C
+        signal.set_wakeup_fd(before_wakeup)
+        watch.join()
+        os.close(wakeup_read)
+        os.close(wakeup_write)
         _TUNE_RUN_LOGGER.setLevel(before_level)
         if before_env is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
@@ -96,22 +112,34 @@ def _local_ray_processes() -> list:
     return [process for process in processes if process.poll() is None]
 
 
-def _quit_if_any_ends(processes: list, console: Console, done: threading.Event) -> None:
-    """While Tune stops, watch the Ray this process started: a SIGTERM sent to the whole process
+def _quit_if_ray_ends_after_a_signal(
+    wakeup: int, forward_to: int, processes: list, console: Console, done: threading.Event
+) -> None:
+    """While Tune runs, watch the Ray this process started: a SIGTERM sent to the whole process
     group (`timeout`, Slurm's scancel, systemd) stops its processes too, and once its raylet is
-    gone Tune waits for it in calls no signal interrupts (until killed, or 60 s if the GCS
-    went too). Ray's Python processes (its monitor, log monitor, dashboard) end at once on
-    SIGTERM, before the raylet has shut down: the first of them to end is the cue. Quit as
-    Ray's own SIGTERM handler would: stop what is left of that Ray and exit (130), the state
-    as last saved, as after a killed driver (`--resume` goes on from it)."""
-    while processes and not done.wait(0.05):
-        if any(process.poll() is not None for process in processes):
+    gone Tune waits for it in calls no signal interrupts, until Ray's core worker ends this
+    process (exit 1, silently) or the GCS client gives up (60 s). Ray's Python processes (its
+    monitor, log monitor, dashboard) end at once on SIGTERM, long before the raylet has shut
+    down: one of them ending after Ctrl-C or SIGTERM came (read from the wakeup fd, whether or
+    not the main thread's handler has run) is the cue. Quit as Ray's own SIGTERM handler
+    would: stop what is left of that Ray and exit 130, the state as last saved, as after a
+    killed driver (`--resume` goes on from it)."""
+    received = None
+    while not done.is_set():
+        if select.select([wakeup], [], [], 0.05)[0]:
+            numbers = os.read(wakeup, 512)
+            if forward_to != -1:  # someone else's wakeup fd was set before this block
+                with contextlib.suppress(OSError):
+                    os.write(forward_to, numbers)
+            stops = [n for n in numbers if n in (signal.SIGINT, signal.SIGTERM)]
+            received = received or (signal.Signals(stops[0]).name if stops else None)
+        if received and any(process.poll() is not None for process in processes):
             console.print(
-                "Ray's processes on this machine were stopped by the same signal: quitting, "
-                "the state as last saved"
+                f"{received} received, and Ray's processes on this machine were stopped by the "
+                "same signal: quitting, the state as last saved"
             )
             for process in processes:
                 process.kill()  # what is left of them; the trial processes go with the raylet
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(130)  # the main thread is blocked in Ray's calls: only this ends it
+            os._exit(130)  # the main thread may be blocked in Ray's calls: only this ends it

@@ -25,6 +25,7 @@ import pyarrow
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
+from trainables.config import default_cache_root
 from tune.config import URI_SCHEMES, is_uri
 from tune.errors import UserError
 from tune.export_layout import PROMPT_FILE
@@ -160,10 +161,10 @@ FOLLOW_EVERY_S = 10.0
 def remote_copy_dir(uri: str) -> Path:
     """Where a machine other than the driver keeps its copy of the sweep at `uri`: one folder
     per URI under $MEDTUNE_CACHE (default ~/.cache/medtune)/sweeps."""
-    root = Path(os.environ.get("MEDTUNE_CACHE") or Path.home() / ".cache" / "medtune")
     name = urlsplit(uri).path.rstrip("/").rsplit("/", 1)[-1]
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "sweep"
-    return root / "sweeps" / f"{name}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:12]
+    return default_cache_root() / "sweeps" / f"{name}-{digest}"
 
 
 def copy_sweep(uri: str) -> Path:

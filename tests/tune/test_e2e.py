@@ -206,3 +206,41 @@ def test_model_card(sweep):
         "scheduler `asha` (grace period 1 evaluation, reduction factor 2; a trial first at a "
         "rung waits, paused at its checkpoint, until it can be compared)"
     ) in " ".join(card.split())
+
+
+@pytest.mark.usefixtures("ray_2_cpus")
+def test_a_confirmation_is_reused_only_while_it_ran_the_sweeps_top_configurations(sweep, tmp_path):
+    """A second export reuses the confirmation runs; once the sweep's top k are other
+    configurations (it was extended after its export and a new trial is among the best),
+    they run again instead of choosing among configurations that are no longer the best."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    from tune.config import load_saved_config
+    from tune.confirm import run_confirmation, top_configs
+
+    out, _ = sweep
+    copy = tmp_path / "e2e"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("export"))
+    cfg = load_saved_config(copy)
+    cached = json.loads((copy / "confirm_summary.json").read_text())
+    shown = io.StringIO()
+    assert run_confirmation(copy, cfg, Console(file=shown)) == cached
+    assert shown.getvalue() == ""  # nothing ran
+
+    # The summary of a confirmation of the sweep's second-best configuration alone, with
+    # seed 1: what an export had written before the best trial existed.
+    cfg.export.confirm_top_k, cfg.export.confirm_seeds = 1, 1
+    top, second = top_configs(copy, "eval_loss", 2)
+    stale = {**cached, "candidates": [cached["candidates"][1]], "chosen": 0, "seeds": [1]}
+    assert stale["candidates"][0]["config"] == second["config"]
+    (copy / "confirm_summary.json").write_text(json.dumps(stale))
+    summary = run_confirmation(copy, cfg, Console(file=shown))
+    assert "top configurations changed since its confirmation runs" in shown.getvalue()
+    assert "Confirming the top 1 configurations with seeds [1]" in shown.getvalue()
+    assert [c["config"] for c in summary["candidates"]] == [top["config"]]
+    assert summary["seeds"] == [1] and [r["seed"] for r in summary["candidates"][0]["runs"]] == [1]
+    assert json.loads((copy / "confirm_summary.json").read_text()) == summary
+    assert json.loads((out / "confirm_summary.json").read_text()) == cached  # the shared sweep's
