@@ -178,6 +178,9 @@ def export_best(
         # How the checkpoint was chosen: the sweep's best evaluation, confirmation runs, or
         # by hand (`medtune export --trial`).
         "chosen_by": chosen_by,
+        # The sweep's trial budget when exported: the dashboard tells an export made before
+        # the sweep was extended (`--resume search.num_samples=N`).
+        "sweep_trials": cfg.search.num_samples,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     prompt = {"system_prompt": cfg.data.system_prompt, "max_length": cfg.data.max_length}

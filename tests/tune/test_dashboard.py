@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.tune.conftest import MAX_STEPS, MEDTUNE, SAMPLES
+from tune.dashboard import render_page
+from tune.sweep_state import read_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -485,3 +487,19 @@ def test_asha_rungs_match_rays_scheduler():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_an_export_made_before_the_sweep_was_extended_says_so(sweep):
+    """`metrics.json` keeps the sweep's trial budget at export; once `--resume
+    search.num_samples=N` has raised it, the page says the export chose among fewer trials."""
+    out, _ = sweep
+    state = read_sweep(out)
+    assert state.export["sweep_trials"] == SAMPLES == state.num_samples
+    assert 'id="export-stale"' not in render_page(state, live=False, nonce="n", charts={})
+    state.num_samples = SAMPLES + 2  # as after an extension, before the next export
+    page = render_page(state, live=False, nonce="n", charts={})
+    assert (
+        f'<div class="muted" id="export-stale">Exported when the sweep had {SAMPLES} trials, '
+        f'before it was extended to {SAMPLES + 2}: <span class="mono">medtune export {out}</span>'
+        " again chooses among them all.</div>" in page
+    )
