@@ -10,7 +10,7 @@
     medtune serve results/<name>/export [--port N]
     medtune dashboard results/<name> [--port N]   (or results: an index of its sweeps; or
                                                   s3://bucket/prefix/<name>, followed)
-    medtune report results/<name> [--out FILE]
+    medtune report results/<name> [--out FILE]   (or s3://bucket/prefix/<name>, copied)
 
 Bad input prints one line per problem (`medtune: error: ...`) and exits 2 before anything is
 written; `--debug` shows the traceback instead.
@@ -120,8 +120,14 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--debug", action="store_true", help="show tracebacks")
 
     report = sub.add_parser("report", help="write the dashboard as one self-contained HTML file")
-    report.add_argument("results", type=Path, help="the sweep's folder, e.g. results/<name>")
-    report.add_argument("--out", type=Path, help="default: results/<name>/report.html")
+    report.add_argument(
+        "results",
+        help="the sweep's folder, e.g. results/<name>; or its folder under a URI run.storage "
+        "(s3://bucket/prefix/<name>), copied to this machine first",
+    )
+    report.add_argument(
+        "--out", type=Path, help="default: report.html in the sweep's folder (or in its copy)"
+    )
     report.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -202,7 +208,7 @@ def _dashboard(args, console: Console) -> int:
     from tune.errors import UserError
 
     if args.command == "report":
-        write_report(args.results, args.out, console)
+        write_report(_local_results(args.results, console), args.out, console)
         return 0
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: not a TCP port; use 1-65535, or 0 for any free one")

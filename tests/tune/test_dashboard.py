@@ -344,6 +344,20 @@ def test_dashboard_of_a_sweep_on_object_storage_follows_it_from_another_machine(
     finally:
         stop(proc)
 
+    # `medtune report` of the URI: the same copy, brought up to date, written as one file.
+    report = tmp_path / "remote-report.html"
+    done = subprocess.run(
+        [MEDTUNE, "report", remote.as_uri(), "--out", str(report)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MEDTUNE_CACHE": str(cache)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"Copied {remote.as_uri()} without checkpoints to {copy}" in done.stdout
+    html = report.read_text()
+    assert re.search(r'data-metric="test_loss">\s*1\.2345\s*<', html), html[:2000]
+    assert len(re.findall(r'<tr data-trial="', html)) == SAMPLES
+
     gone = subprocess.run(
         [MEDTUNE, "dashboard", (tmp_path / "bucket" / "nope").as_uri(), "--port", "0"],
         capture_output=True,
