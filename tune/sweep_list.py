@@ -50,6 +50,9 @@ def sweep_row(state: SweepState) -> dict:
             "metric": key,
             "tuned": tuned.get(key),
             "base": state.export.get("base", {}).get(key),
+            # The sweep's trials when exported (absent before 2026-12-02): fewer than it has
+            # now when it was extended after the export.
+            "of_trials": state.export.get("sweep_trials"),
         }
     return {
         "name": state.name,  # the sweep's run.name; `sweep_rows` puts its folder's name here
@@ -124,6 +127,9 @@ def _table(rows: list[dict], root: Path) -> Table:
             base = r["test"]["base"]
             test = f"{r['test']['metric']} {r['test']['tuned']:.4f}"
             test += f" (base {base:.4f})" if base is not None else ""
+            of = r["test"].get("of_trials")
+            if of and of < r["trials"]:
+                test += f", exported from {of} of {r['trials']} trials"
         table.add_row(
             *(escape(str(r[k])) for k in ("name", "status", "model", "data")),
             trials,

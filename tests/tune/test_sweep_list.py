@@ -54,6 +54,7 @@ def test_each_sweep_is_one_row_with_its_status_best_and_test_metric(results, tmp
         "metric": "test_loss",
         "tuned": metrics["tuned"]["test_loss"],
         "base": metrics["base"]["test_loss"],
+        "of_trials": SAMPLES,
     }
     assert "medtune.yaml" in rows["broken"]["error"]
 
@@ -63,6 +64,7 @@ def test_each_sweep_is_one_row_with_its_status_best_and_test_metric(results, tmp
     assert "finished" in line and f"{SAMPLES}/{SAMPLES}" in line
     assert f"eval_loss {summary['best']['best_eval_loss']:.4f}" in line
     assert f"test_loss {metrics['tuned']['test_loss']:.4f}" in line
+    assert "exported from" not in line  # exported with every trial the sweep has
     assert any(
         ln.startswith("broken: ") and "medtune.yaml" in ln for ln in table.stdout.splitlines()
     )
@@ -78,7 +80,9 @@ def test_a_sweep_folder_itself_lists_only_that_sweep(results, tmp_path):
 def test_a_decision_sweep_shows_the_exported_accuracy():
     """PubMedQA's decision task: the validation metric is eval_accuracy, and export names the
     matching test score `accuracy` (next to `macro_f1`)."""
-    from tune.sweep_list import sweep_row
+    from rich.console import Console
+
+    from tune.sweep_list import _table, sweep_row
     from tune.sweep_state import Evaluation, SweepState, TrialState
 
     trial = TrialState("a1", "completed", {}, [Evaluation(10, 0.55, 1.2, None, 3.0)])
@@ -103,4 +107,10 @@ def test_a_decision_sweep_shows_the_exported_accuracy():
     )
     row = sweep_row(state)
     assert row["best"] == 0.55 and row["best_trial"] == "a1"
-    assert row["test"] == {"metric": "accuracy", "tuned": 0.6, "base": 0.4}
+    assert row["test"] == {"metric": "accuracy", "tuned": 0.6, "base": 0.4, "of_trials": None}
+
+    # Exported when the sweep had 1 trial; extended to 3 since: the row says so.
+    state.export["sweep_trials"], state.num_samples = 1, 3
+    shown = Console(record=True, width=300)
+    shown.print(_table([sweep_row(state)], Path("results")))
+    assert "accuracy 0.6000 (base 0.4000), exported from 1 of 3 trials" in shown.export_text()
