@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,9 @@ __all__ = [
     "decision_accuracy",
     "decision_scores",
     "encode_decisions",
+    "Completion",
     "generate_answers",
+    "generate_completions",
     "perplexity",
     "rouge",
 ]
@@ -61,7 +64,16 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
 
-@torch.no_grad()
+@dataclass
+class Completion:
+    """One greedy answer and what it took, in tokens."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int  # the answer's tokens, the end-of-sequence token not counted
+    stopped: bool  # it ended at an end-of-sequence token, not at max_new_tokens
+
+
 def generate_answers(
     model,
     tokenizer,
@@ -72,12 +84,38 @@ def generate_answers(
     system_prompt: str | None = None,
 ) -> list[str]:
     """Greedy answers, batched with left padding, prompted as in training."""
+    completions = generate_completions(
+        model,
+        tokenizer,
+        records,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        system_prompt=system_prompt,
+    )
+    return [c.text for c in completions]
+
+
+@torch.no_grad()
+def generate_completions(
+    model,
+    tokenizer,
+    records: list[Record],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    system_prompt: str | None = None,
+) -> list[Completion]:
+    """`generate_answers` with each answer's token counts and why it ended."""
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
-    answers: list[str] = []
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    completions: list[Completion] = []
     try:
         for start in range(0, len(records), batch_size):
             chunk = records[start : start + batch_size]
@@ -97,12 +135,23 @@ def generate_answers(
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            new = out[:, enc["input_ids"].shape[1] :]
-            answers.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+            new = out[:, enc["input_ids"].shape[1] :].tolist()
+            for ids, mask in zip(new, enc["attention_mask"].tolist(), strict=True):
+                # A sequence that ended early is padded after its end-of-sequence token.
+                end = next((i for i, t in enumerate(ids) if t in eos), None)
+                answer = ids if end is None else ids[:end]
+                completions.append(
+                    Completion(
+                        text=tokenizer.decode(answer, skip_special_tokens=True).strip(),
+                        prompt_tokens=sum(mask),
+                        completion_tokens=len(answer),
+                        stopped=end is not None,
+                    )
+                )
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
-    return answers
+    return completions
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:

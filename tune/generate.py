@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from trainables.data import Record
-from trainables.evaluation import generate_answers
+from trainables.evaluation import Completion, generate_completions
 from trainables.models import load_model, load_tokenizer
 from tune.export_layout import PROMPT_FILE, check_export
 
@@ -34,8 +34,14 @@ class ExportedModel:
         self.model = load_model(str(model_dir)).eval()
 
     def answer(self, question: str, *, system: str | None = None, max_new_tokens: int = 128) -> str:
+        return self.complete(question, system=system, max_new_tokens=max_new_tokens).text
+
+    def complete(
+        self, question: str, *, system: str | None = None, max_new_tokens: int = 128
+    ) -> Completion:
+        """The greedy answer with its token counts and why it ended."""
         record = Record(id="q", question=question, answer="", group="", source="user")
-        return generate_answers(
+        return generate_completions(
             self.model,
             self.tokenizer,
             [record],

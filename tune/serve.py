@@ -63,7 +63,7 @@ class ChatDeployment:
         if last.role != "user":
             raise HTTPException(400, "the last message must have role 'user'")
         system = next((m.content for m in request.messages if m.role == "system"), None)
-        text = self.model.answer(last.content, system=system, max_new_tokens=request.max_tokens)
+        done = self.model.complete(last.content, system=system, max_new_tokens=request.max_tokens)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -72,10 +72,16 @@ class ChatDeployment:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": done.text},
+                    # OpenAI's: "length" when max_tokens cut the answer short.
+                    "finish_reason": "stop" if done.stopped else "length",
                 }
             ],
+            "usage": {
+                "prompt_tokens": done.prompt_tokens,
+                "completion_tokens": done.completion_tokens,
+                "total_tokens": done.prompt_tokens + done.completion_tokens,
+            },
         }
 
 

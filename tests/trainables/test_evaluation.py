@@ -11,6 +11,8 @@ from trainables.evaluation import (
     answer_loss,
     classification_scores,
     decision_scores,
+    generate_answers,
+    generate_completions,
     perplexity,
     rouge,
 )
@@ -65,3 +67,54 @@ def test_decision_is_the_most_likely_answer(tiny_model_path, tiny_tokenizer):
             totals.append(answer_loss(model, [ex], 1, tiny_tokenizer.pad_token_id) * n)
         expected.append(DECISIONS[min(range(3), key=totals.__getitem__)])
     assert scores == classification_scores(expected, [r.label for r in records])
+
+
+def test_completions_count_their_tokens_and_say_why_they_ended(tiny_model_path, tiny_tokenizer):
+    """Greedy answers of two questions in one left-padded batch: each counts its own prompt
+    (the padding not counted) and answer tokens; one cut at max_new_tokens ends by "length",
+    one that meets an end-of-sequence token ends there, that token not counted or shown."""
+    from trainables.prompts import prompt_text
+
+    model = load_model(tiny_model_path)
+    records = [
+        Record(id="a", question="What is gout?", answer="", group="a", source="t"),
+        Record(
+            id="b",
+            question="How is a long-lasting cough in adults treated?",
+            answer="",
+            group="b",
+            source="t",
+        ),
+    ]
+    cut = generate_completions(model, tiny_tokenizer, records, max_new_tokens=6)
+    assert [c.text for c in cut] == generate_answers(
+        model, tiny_tokenizer, records, max_new_tokens=6
+    )
+    for c, r in zip(cut, records, strict=True):
+        prompt = tiny_tokenizer(
+            prompt_text(tiny_tokenizer, r.question, None, None),
+            add_special_tokens=not tiny_tokenizer.chat_template,
+        )["input_ids"]
+        assert c.prompt_tokens == len(prompt)
+        assert (c.completion_tokens, c.stopped) == (6, False)  # a random model: never its eos
+    assert cut[0].prompt_tokens != cut[1].prompt_tokens  # so one of them was padded
+
+    # The random model's greedy answer repeats one token whatever came before. Made the
+    # end-of-sequence token, kept from the first step and pushed after two of the token picked
+    # instead, it ends the answer at its third token.
+    prompt = prompt_text(tiny_tokenizer, records[0].question, None, None)
+    enc = tiny_tokenizer(prompt, return_tensors="pt")
+    config = model.generation_config
+    (repeated,) = set(model.generate(**enc, max_new_tokens=4, do_sample=False)[0, -4:].tolist())
+    first = model.generate(**enc, max_new_tokens=1, begin_suppress_tokens=[repeated])[0, -1]
+    before = config.eos_token_id, config.begin_suppress_tokens, config.sequence_bias
+    config.eos_token_id, config.begin_suppress_tokens = repeated, [repeated]
+    config.sequence_bias = [[[int(first), int(first), repeated], 100.0]]
+    try:
+        (stopped,) = generate_completions(model, tiny_tokenizer, records[:1], max_new_tokens=6)
+        ids = model.generate(**enc, max_new_tokens=6, do_sample=False)[0].tolist()
+    finally:
+        config.eos_token_id, config.begin_suppress_tokens, config.sequence_bias = before
+    assert ids[enc["input_ids"].shape[1] :] == [first, first, repeated]
+    assert (stopped.completion_tokens, stopped.stopped) == (2, True)
+    assert stopped.text == tiny_tokenizer.decode([first, first]).strip() != ""

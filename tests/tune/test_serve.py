@@ -71,15 +71,26 @@ def test_healthz(server):
     assert status == 200 and body["status"] == "ok"
 
 
-def test_chat_completion(server):
+def test_chat_completion(server, sweep):
+    """The answer `medtune generate` gives, with OpenAI's usage and finish_reason."""
+    from tune.generate import ExportedModel
+
     status, body = _request(
         f"{server}/v1/chat/completions",
         {"messages": [{"role": "user", "content": "What is asthma?"}], "max_tokens": 8},
     )
     assert status == 200, body
     assert body["object"] == "chat.completion"
-    message = body["choices"][0]["message"]
-    assert message["role"] == "assistant" and isinstance(message["content"], str)
+    (choice,) = body["choices"]
+    expected = ExportedModel(sweep[0] / "export").complete("What is asthma?", max_new_tokens=8)
+    assert choice["message"] == {"role": "assistant", "content": expected.text}
+    assert choice["finish_reason"] == ("stop" if expected.stopped else "length")
+    assert body["usage"] == {
+        "prompt_tokens": expected.prompt_tokens,
+        "completion_tokens": expected.completion_tokens,
+        "total_tokens": expected.prompt_tokens + expected.completion_tokens,
+    }
+    assert 0 < expected.prompt_tokens and expected.completion_tokens <= 8
 
 
 @pytest.mark.parametrize(
