@@ -106,6 +106,7 @@ bench: bench-check
 	$(BIN)/python benchmarks/reuse_memory.py
 	$(BIN)/python benchmarks/pinning.py
 	$(BIN)/python benchmarks/state_save.py
+	$(BIN)/python benchmarks/serve_batch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -104,8 +104,11 @@ def generate_completions(
     max_new_tokens: int,
     batch_size: int = 8,
     system_prompt: str | None = None,
+    limits: list[int] | None = None,
 ) -> list[Completion]:
-    """`generate_answers` with each answer's token counts and why it ended."""
+    """`generate_answers` with each answer's token counts and why it ended. `limits`: each
+    record's own max_new_tokens (at most `max_new_tokens`), as if generated alone with it:
+    greedy answers in one batch share the longest budget and are cut to their own after."""
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -136,6 +139,8 @@ def generate_completions(
                 pad_token_id=tokenizer.pad_token_id,
             )
             new = out[:, enc["input_ids"].shape[1] :].tolist()
+            if limits is not None:
+                new = [ids[:limit] for ids, limit in zip(new, limits[start:], strict=False)]
             for ids, mask in zip(new, enc["attention_mask"].tolist(), strict=True):
                 # A sequence that ended early is padded after its end-of-sequence token.
                 end = next((i for i, t in enumerate(ids) if t in eos), None)

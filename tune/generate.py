@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from rich.console import Console
 
@@ -18,7 +19,15 @@ from trainables.evaluation import Completion, generate_completions
 from trainables.models import load_model, load_tokenizer
 from tune.export_layout import PROMPT_FILE, check_export
 
-__all__ = ["ExportedModel", "run_generate"]
+__all__ = ["Ask", "ExportedModel", "run_generate"]
+
+
+class Ask(NamedTuple):
+    """One question for `ExportedModel.complete_many`."""
+
+    question: str
+    system: str | None = None  # None: the training system prompt
+    max_new_tokens: int = 128
 
 
 class ExportedModel:
@@ -40,14 +49,27 @@ class ExportedModel:
         self, question: str, *, system: str | None = None, max_new_tokens: int = 128
     ) -> Completion:
         """The greedy answer with its token counts and why it ended."""
-        record = Record(id="q", question=question, answer="", group="", source="user")
+        return self.complete_many([Ask(question, system, max_new_tokens)])[0]
+
+    def complete_many(self, asks: list[Ask]) -> list[Completion]:
+        """Greedy answers to several questions in one batch (one pass over the weights per
+        generated token for all of them), each as `complete` gives it alone."""
+        records = [
+            Record(
+                id=str(i), question=a.question, answer="", group="", source="user", system=a.system
+            )
+            for i, a in enumerate(asks)
+        ]
+        limits = [a.max_new_tokens for a in asks]
         return generate_completions(
             self.model,
             self.tokenizer,
-            [record],
-            max_new_tokens=max_new_tokens,
-            system_prompt=system or self.prompt.get("system_prompt"),
-        )[0]
+            records,
+            max_new_tokens=max(limits),
+            batch_size=len(records),
+            system_prompt=self.prompt.get("system_prompt"),
+            limits=limits,
+        )
 
 
 def run_generate(args, console: Console) -> int:

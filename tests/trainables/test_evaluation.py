@@ -98,6 +98,13 @@ def test_completions_count_their_tokens_and_say_why_they_ended(tiny_model_path, 
         assert c.prompt_tokens == len(prompt)
         assert (c.completion_tokens, c.stopped) == (6, False)  # a random model: never its eos
     assert cut[0].prompt_tokens != cut[1].prompt_tokens  # so one of them was padded
+    # Each its own budget in one batch: as if generated alone with it.
+    limited = generate_completions(model, tiny_tokenizer, records, max_new_tokens=6, limits=[2, 5])
+    assert limited == [
+        generate_completions(model, tiny_tokenizer, [r], max_new_tokens=n)[0]
+        for r, n in zip(records, [2, 5], strict=True)
+    ]
+    assert [c.completion_tokens for c in limited] == [2, 5]
 
     # The random model's greedy answer repeats one token whatever came before. Made the
     # end-of-sequence token, kept from the first step and pushed after two of the token picked

@@ -93,6 +93,43 @@ def test_chat_completion(server, sweep):
     assert 0 < expected.prompt_tokens and expected.completion_tokens <= 8
 
 
+def test_questions_asked_together_are_answered_in_one_batch(server, sweep):
+    """Six clients at once: answered in fewer batches than requests (the response header says
+    how many shared each), each exactly as alone: its own prompt's tokens, its own
+    max_tokens, its own system message."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tune.generate import ExportedModel
+
+    asks = [
+        (f"What is the usual treatment for condition number {i}?" + " Explain." * i, 4 + 3 * i)
+        for i in range(6)
+    ]
+
+    def ask(question_and_limit):
+        question, limit = question_and_limit
+        messages = [{"role": "user", "content": question}]
+        if limit % 2:
+            messages.insert(0, {"role": "system", "content": "Answer in one sentence."})
+        body = json.dumps({"messages": messages, "max_tokens": limit}).encode()
+        req = urllib.request.Request(
+            f"{server}/v1/chat/completions", data=body, headers={"content-type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return int(r.headers["x-medtune-batch-size"]), json.loads(r.read())
+
+    with ThreadPoolExecutor(len(asks)) as pool:
+        answered = list(pool.map(ask, asks))
+    assert max(batch for batch, _ in answered) > 1, answered
+    model = ExportedModel(sweep[0] / "export")
+    for (question, limit), (_, body) in zip(asks, answered, strict=True):
+        system = "Answer in one sentence." if limit % 2 else None
+        alone = model.complete(question, system=system, max_new_tokens=limit)
+        assert body["choices"][0]["message"]["content"] == alone.text
+        assert body["usage"]["prompt_tokens"] == alone.prompt_tokens
+        assert body["usage"]["completion_tokens"] == alone.completion_tokens <= limit
+
+
 @pytest.mark.parametrize(
     ("payload", "status"),
     [

@@ -1,0 +1,145 @@
+"""What `medtune serve` gains from answering requests that arrive together in one batch.
+
+    python benchmarks/serve_batch.py                                       # SmolLM2, 8 x 64
+    python benchmarks/serve_batch.py --model tiny-random --questions 2 --tokens 4 --repeats 1
+
+The same greedy generation `medtune serve` runs (`generate_completions`, what
+`ExportedModel.complete_many` calls): N demo questions answered one after another, as a
+server without batching answers N clients, against the same N in one batch. Both sides run in
+each repeat, alternating which goes first; reported: seconds per side, the batch's time over
+the one-by-one time (min/median/max), generated tokens per second, and how many answers are
+the same text both ways (greedy decoding in a padded batch may differ in the last bits of a
+logit, rarely enough to flip a token). Decoding reads every weight once per generated token,
+whether for one sequence or eight, which is what a batch shares. Results:
+benchmarks/results/<date>-serve-batch-<model>.json with the machine, date and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _spread(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m", help="model.name (default SmolLM2)")
+    parser.add_argument("--questions", type=int, default=8, help="how many arrive together")
+    parser.add_argument("--tokens", type=int, default=64, help="max_tokens of each")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="result folder")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from trainables.config import DataConfig, ModelConfig
+    from trainables.data import Record, load_records
+    from trainables.evaluation import generate_completions
+    from trainables.models import load_model, load_tokenizer, prepare_model
+
+    path = prepare_model(ModelConfig(name=args.model))
+    model, tokenizer = load_model(path).eval(), load_tokenizer(path)
+    demo, _ = load_records(DataConfig(source="demo"))
+    records = [
+        Record(id=str(i), question=r.question, answer="", group=str(i), source="user")
+        for i, r in enumerate(demo[: args.questions])
+    ]
+
+    def one_by_one():
+        return [
+            generate_completions(model, tokenizer, [r], max_new_tokens=args.tokens)[0]
+            for r in records
+        ]
+
+    def batched():
+        return generate_completions(
+            model, tokenizer, records, max_new_tokens=args.tokens, batch_size=len(records)
+        )
+
+    load_start = list(os.getloadavg())
+    runs = []
+    for repeat in range(args.repeats):
+        sides = [("one_by_one", one_by_one), ("batched", batched)]
+        run = {}
+        for name, side in sides if repeat % 2 == 0 else sides[::-1]:
+            start = time.perf_counter()
+            completions = side()
+            run[name] = {
+                "seconds": time.perf_counter() - start,
+                "tokens": sum(c.completion_tokens for c in completions),
+                "texts": [c.text for c in completions],
+            }
+        pairs = zip(run["one_by_one"]["texts"], run["batched"]["texts"], strict=True)
+        same = sum(a == b for a, b in pairs)
+        runs.append(
+            {
+                "first": "one_by_one" if repeat % 2 == 0 else "batched",
+                **{k: {"seconds": v["seconds"], "tokens": v["tokens"]} for k, v in run.items()},
+                "batched_over_one_by_one": run["batched"]["seconds"] / run["one_by_one"]["seconds"],
+                "same_answers": same,
+            }
+        )
+
+    out = {
+        "benchmark": "serve: one batch against answers in turn (benchmarks/serve_batch.py)",
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "machine": {
+            "processor": _cpu_name(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_at_start": load_start,
+            "load_average_at_end": list(os.getloadavg()),
+            "python": platform.python_version(),
+            **{p: _version(p) for p in ("medtune", "torch", "transformers")},
+        },
+        "model": args.model,
+        "dtype": str(model.dtype),
+        "questions": args.questions,
+        "max_tokens": args.tokens,
+        "repeats": args.repeats,
+        "batched_over_one_by_one": _spread([r["batched_over_one_by_one"] for r in runs]),
+        "tokens_per_s": {
+            side: _spread([r[side]["tokens"] / r[side]["seconds"] for r in runs])
+            for side in ("one_by_one", "batched")
+        },
+        "runs": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"{datetime.now():%Y%m%d-%H%M%S}-serve-batch-{args.model}.json"
+    (args.out / name).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import version
+
+    try:
+        return version(package)
+    except Exception:
+        return None
+
+
+if __name__ == "__main__":
+    main()
