@@ -31,7 +31,7 @@ __all__ = ["ChatRequest", "build_app", "run_serve"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Requests that arrive together are answered in one batch: decoding reads every weight once per
-# token whatever the batch, so on a CPU eight questions took 0.23-0.25x the time of eight in
+# token whatever the batch, so on a CPU eight questions took 0.243-0.271x the time of eight in
 # turn (SmolLM2-135M, 64 tokens each, 2-core AMD EPYC, 2026-12-02; BENCHMARKS.md).
 MAX_BATCH = 8
 BATCH_WAIT_S = 0.05  # how long a request waits for others to join it; answers take seconds
