@@ -20,16 +20,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-
-def _spread(values: list[float]) -> dict:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+from bench import _cpu_name, _spread, _version  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -120,25 +119,6 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / name).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import version
-
-    try:
-        return version(package)
-    except Exception:
-        return None
 
 
 if __name__ == "__main__":
