@@ -84,6 +84,12 @@ def test_generate_reads_questions_until_an_empty_line(sweep):
     )
     assert proc.returncode == 0, proc.stderr
     assert "ask a question" in proc.stdout
+    # Answered together, in order, each as alone; nothing after the empty line.
+    from tune.generate import ExportedModel
+
+    model = ExportedModel(out / "export")
+    alone = [model.answer(q, max_new_tokens=4) for q in ("What is gout?", "What is acne?")]
+    assert proc.stdout.splitlines()[2:] == alone
 
 
 def test_generate_refuses_a_folder_that_is_no_export(sweep):
