@@ -132,7 +132,8 @@ def _quit_if_ray_ends_after_a_signal(
                 with contextlib.suppress(OSError):
                     os.write(forward_to, numbers)
             stops = [n for n in numbers if n in (signal.SIGINT, signal.SIGTERM)]
-            received = received or (signal.Signals(stops[0]).name if stops else None)
+            if stops:  # the latest: a Ctrl-C, then the SIGTERM that also stopped Ray
+                received = signal.Signals(stops[-1]).name
         if received and any(process.poll() is not None for process in processes):
             console.print(
                 f"{received} received, and Ray's processes on this machine were stopped by the "

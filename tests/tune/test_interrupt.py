@@ -207,10 +207,13 @@ import tune.interrupt as interrupt
 
 ray_process = subprocess.Popen(["sleep", "600"])  # stands in for one of Ray's processes
 interrupt._local_ray_processes = lambda: [ray_process]
+# As Tune listens for its stop signal while it runs: the handler, if it ran, would pass the
+# stop on (and print its line) instead of quitting with KeyboardInterrupt.
+signal.signal(signal.SIGUSR1, lambda *_: print("SIGUSR1", flush=True))
 with interrupt.signals_stop_tune(Console(), "Stopping the run"):
     # As in a call into Ray that never returns: the main thread takes no signal and runs no
     # Python handler; the watcher's thread, started before this, takes it.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     print("blocked", flush=True)
     time.sleep(300)
 """
@@ -234,9 +237,12 @@ def test_a_group_sigterm_quits_while_the_main_thread_cannot_run_its_handler(tmp_
     try:
         assert proc.stdout.readline() == "blocked\n"
         os.killpg(proc.pid, signal.SIGTERM)  # the script and its "Ray" process, as `timeout` does
-        assert proc.wait(timeout=60) == 130
+        code = proc.wait(timeout=60)
     finally:
         kill_session(proc.pid)
     text = proc.stdout.read()
+    # One clean-clone run saw -2 here (a SIGINT, or the handler quitting for want of SIGUSR1's),
+    # not reproduced in 15 runs since; the output says which, should it recur.
+    assert code == 130, (code, text)
     assert "SIGTERM received, and Ray's processes on this machine were stopped by the same " in text
-    assert "Stopping the run" not in text  # the main thread's handler never ran
+    assert "Stopping the run" not in text and "SIGUSR1" not in text  # the handler never ran
