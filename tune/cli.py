@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from tune.console import make_console
 from tune.run_lock import refuse_if_held, sweep_lock
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"medtune: error: {line}", file=sys.stderr)
         return 2
     except Interrupted as e:  # Ctrl-C stopped a Tune run whose half is no use; it says why
-        console.print(f"\n{e}")
+        console.print(f"\n{e}", markup=False)
         return 130
     except KeyboardInterrupt:
         if args.debug:
@@ -298,7 +299,7 @@ def _finish(args, cfg, summary: dict, out: Path, started: float, console: Consol
         f"Best {metric} {best[f'best_{metric}']:.4f} (trial {best['trial_id']})."
     )
     if args.no_export:
-        console.print(f"Export later with: medtune export {out}")
+        console.print(f"Export later with: medtune export {out}", markup=False)
         return 0
     return _export(out, console, None)
 
@@ -335,7 +336,8 @@ def _interrupted(summary: dict, out: Path, num_samples: int, took: str, console)
     console.print(
         f"\n[bold]Sweep interrupted[/]: {num_samples - summary['unfinished']} of {num_samples} "
         f"trials ended, {summary['unfinished']} unfinished; {summary['steps_trained']} steps "
-        f"trained, {took}.{so_far}\nNothing exported. Go on with: medtune sweep --resume {out}"
+        f"trained, {took}.{so_far}\nNothing exported. Go on with: "
+        f"medtune sweep --resume {escape(str(out))}"
     )
     return 130
 
@@ -363,7 +365,7 @@ def _local_results(results: str, console: Console) -> Path:
     from tune.storage import copy_sweep
 
     local = copy_sweep(results)
-    console.print(f"Copied {redact_text(results)} without checkpoints to {local}", soft_wrap=True)
+    console.print(f"Copied {redact_text(results)} without checkpoints to {local}", markup=False)
     return local
 
 

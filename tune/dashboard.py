@@ -115,7 +115,7 @@ def write_report(folder: Path, out: Path | None, console: Console) -> list[Path]
             to_png(draw(state), Path(tmp.name))
         written.append(_replace(tmp.name, png))
     for path in written:
-        console.print(f"wrote {path}")
+        console.print(f"wrote {path}", markup=False)
     return written
 
 
@@ -136,7 +136,7 @@ def serve_dashboard(folder: Path, host: str, port: int, console: Console) -> Non
     server = ThreadingHTTPServer((host, port), _handler(folder, several=bool(several)))
     url = f"http://{host}:{server.server_address[1]}/"
     what = f"the sweeps in {folder}" if several else str(folder)
-    console.print(f"medtune dashboard for {what}: {url}  (Ctrl-C stops it)", soft_wrap=True)
+    console.print(f"medtune dashboard for {what}: {url}  (Ctrl-C stops it)", markup=False)
     try:
         server.serve_forever(poll_interval=0.25)
     except KeyboardInterrupt:

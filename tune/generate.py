@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from rich.console import Console
+from rich.markup import escape
 
 from trainables.data import Record
 from trainables.evaluation import Completion, generate_completions
@@ -80,9 +81,9 @@ class ExportedModel:
 def run_generate(args, console: Console) -> int:
     model = ExportedModel(args.model_dir)
     if args.question:
-        console.print(model.answer(args.question, max_new_tokens=args.max_new_tokens))
+        console.print(model.answer(args.question, max_new_tokens=args.max_new_tokens), markup=False)
         return 0
-    console.print(f"[bold]{model.name}[/]: ask a question (empty line or Ctrl-D to stop).")
+    console.print(f"[bold]{escape(model.name)}[/]: ask a question (empty line or Ctrl-D to stop).")
     console.print("[dim]Demo model output, not medical advice.[/]")
     if not sys.stdin.isatty():
         # Questions from a file or a pipe: answered BATCH at a time, in order (a batch of 8
@@ -91,13 +92,13 @@ def run_generate(args, console: Console) -> int:
         for start in range(0, len(questions), BATCH):
             asks = [Ask(q, None, args.max_new_tokens) for q in questions[start : start + BATCH]]
             for done in model.complete_many(asks):
-                console.print(done.text)
+                console.print(done.text, markup=False)
         return 0
     for line in iter(lambda: _ask(console), ""):
         question = line.strip()
         if not question:
             break
-        console.print(model.answer(question, max_new_tokens=args.max_new_tokens))
+        console.print(model.answer(question, max_new_tokens=args.max_new_tokens), markup=False)
     return 0
 
 

@@ -62,7 +62,7 @@ def signals_stop_tune(console: Console, stopping: str) -> Iterator[StopRequest]:
         stop.requested = True
         _TUNE_RUN_LOGGER.setLevel(logging.CRITICAL)
         again = "Ctrl-C again" if signum == signal.SIGINT else "SIGTERM received; another"
-        console.print(f"\n{stopping} ({again} quits at once)")
+        console.print(f"\n{stopping} ({again} quits at once)", markup=False)
         os.kill(os.getpid(), signal.SIGUSR1)
 
     done = threading.Event()  # the block has ended

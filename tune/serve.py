@@ -123,7 +123,9 @@ def run_serve(args, console: Console) -> int:
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(args.model_dir), name="medtune", route_prefix="/")
-    console.print(f"Serving {args.model_dir} on http://{args.host}:{args.port} (Ctrl-C stops)")
+    console.print(
+        f"Serving {args.model_dir} on http://{args.host}:{args.port} (Ctrl-C stops)", markup=False
+    )
     # Stop cleanly on SIGINT and SIGTERM even when started in the background, where the
     # shell leaves SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -196,13 +196,14 @@ def _run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool) -> dic
     kill_actors_that_never_started()
     tuner = _build_tuner(prep, out, console)
     console.print(
-        f"Sweep [bold]{cfg.run.name}[/]: {cfg.search.num_samples} trials of {cfg.model.name} on "
-        f"{cfg.data.source} ({len(prep.encoded['train'])} train / "
+        f"Sweep [bold]{escape(cfg.run.name)}[/]: {cfg.search.num_samples} trials of "
+        f"{escape(cfg.model.name)} on {escape(cfg.data.source)} "
+        f"({len(prep.encoded['train'])} train / "
         f"{len(prep.encoded['validation'])} validation examples), "
-        f"{cfg.scheduler.name} scheduler, results in {out}"
-        + (f" (checkpoints in {redact_text(location)})" if is_uri(location) else "")
+        f"{cfg.scheduler.name} scheduler, results in {escape(str(out))}"
+        + (f" (checkpoints in {escape(redact_text(location))})" if is_uri(location) else "")
     )
-    console.print(f"Watch it: medtune dashboard {out}")
+    console.print(f"Watch it: medtune dashboard {out}", markup=False)
     stopping = f"Stopping the sweep; its state is saved for `medtune sweep --resume {out}`"
     with signals_stop_tune(console, stopping) as stop:
         grid = tuner.fit()
@@ -360,7 +361,7 @@ def _resume_sweep(
         )
     if num_samples is not None and num_samples != cfg.search.num_samples:
         cfg = _extend(results, location, cfg, num_samples)
-        console.print(f"Extending sweep [bold]{cfg.run.name}[/] to {num_samples} trials")
+        console.print(f"Extending sweep [bold]{escape(cfg.run.name)}[/] to {num_samples} trials")
     if not is_uri(cfg.run.storage):  # what a driver killed mid-copy left (the old files stand)
         remove_partial_files(results)
     model_path, pad_id, data = saved_training_data(results, cfg)
@@ -383,8 +384,10 @@ def _resume_sweep(
     # The summary of the run that stopped (or of the sweep being extended) is rewritten at the
     # end; until then the dashboard shows the sweep running again, and export waits for it.
     (results / "sweep_summary.json").unlink(missing_ok=True)
-    console.print(f"Resuming sweep [bold]{cfg.run.name}[/] from {redact_text(location)}")
-    console.print(f"Watch it: medtune dashboard {results}")
+    console.print(
+        f"Resuming sweep [bold]{escape(cfg.run.name)}[/] from {escape(redact_text(location))}"
+    )
+    console.print(f"Watch it: medtune dashboard {results}", markup=False)
     stopping = f"Stopping the sweep; its state is saved for `medtune sweep --resume {results}`"
     with signals_stop_tune(console, stopping) as stop:
         grid = tuner.fit()

@@ -96,7 +96,7 @@ def list_sweeps(root: Path, console: Console, as_json: bool = False) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        console.print(f"No sweeps in {root} (a sweep's folder holds medtune.yaml).")
+        console.print(f"No sweeps in {root} (a sweep's folder holds medtune.yaml).", markup=False)
         return 0
     if not console.is_terminal:
         # Without a terminal (a pipe, a log) rich would squeeze the table into 80 columns and
@@ -110,7 +110,9 @@ def list_sweeps(root: Path, console: Console, as_json: bool = False) -> int:
 
 
 def _table(rows: list[dict], root: Path) -> Table:
-    table = Table(title=f"Sweeps in {root}", title_justify="left", box=None, pad_edge=False)
+    table = Table(
+        title=f"Sweeps in {escape(str(root))}", title_justify="left", box=None, pad_edge=False
+    )
     for column in ("sweep", "status", "model", "data", "trials", "steps", "best", "test"):
         table.add_column(column, justify="right" if column in ("trials", "steps") else "left")
     table.add_column("updated", justify="right")

@@ -77,6 +77,23 @@ def test_a_sweep_folder_itself_lists_only_that_sweep(results, tmp_path):
     assert [r["name"] for r in json.loads(proc.stdout)] == ["e2e"]
 
 
+def test_names_and_paths_are_shown_as_they_are_not_as_markup(sweep, tmp_path):
+    """Brackets in a folder's name are text: rich once read "[old]" as a style and dropped it."""
+    root = tmp_path / "runs[old]"
+    root.mkdir()
+    (root / "e2e[v2]").symlink_to(sweep[0], target_is_directory=True)
+    table = medtune_list(str(root), cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert f"Sweeps in {root}" in table.stdout
+    assert any(ln.startswith("e2e[v2] ") for ln in table.stdout.splitlines())
+
+    empty = tmp_path / "empty[b]"
+    empty.mkdir()
+    none = medtune_list(str(empty), cwd=tmp_path)
+    assert none.returncode == 0, none.stderr
+    assert none.stdout.startswith(f"No sweeps in {empty} ")
+
+
 def test_a_decision_sweep_shows_the_exported_accuracy():
     """PubMedQA's decision task: the validation metric is eval_accuracy, and export names the
     matching test score `accuracy` (next to `macro_f1`)."""
