@@ -71,7 +71,11 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="the sweeps in a results folder, newest first")
     listing.add_argument(
-        "results", type=Path, nargs="?", default=Path("results"), help="default: results"
+        "results",
+        nargs="?",
+        default="results",
+        help="a folder of sweeps (default: results) or a run.storage URI such as "
+        "s3://bucket/prefix, whose sweeps are copied here without checkpoints first",
     )
     listing.add_argument("--json", action="store_true", help="print the rows as JSON")
     listing.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -38,6 +38,7 @@ __all__ = [
     "delete_run",
     "download_folder",
     "download_results",
+    "find_sweep_uris",
     "follow_sweep",
     "is_uri",
     "open_storage",
@@ -76,6 +77,31 @@ def _unreachable(uri: str, err: Exception) -> UserError:
         f"run.storage={redact_text(uri)}: cannot open it ({reason}); check the URI, the "
         "store's address and credentials (e.g. AWS_ACCESS_KEY_ID), or use a local folder"
     )
+
+
+def find_sweep_uris(uri: str) -> list[tuple[str, str]]:
+    """`uri` itself if it is a sweep's folder (it holds medtune.yaml), else its sub-folders
+    that are: (folder name, URI) pairs, by name. One listing of `uri`, not of the sweeps'
+    files (a bucket of sweeps holds every trial's checkpoints)."""
+    fs, base = open_storage(uri)
+    try:
+        if fs.get_file_info(f"{base}/medtune.yaml").type == pafs.FileType.File:
+            return [(base.rstrip("/").rsplit("/", 1)[-1], uri)]
+        found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        folders = sorted(i.base_name for i in found if i.type == pafs.FileType.Directory)
+        configs = fs.get_file_info([f"{base}/{name}/medtune.yaml" for name in folders])
+    except OSError as err:
+        raise _unreachable(uri, err) from err
+    if not found and not run_exists(uri):
+        raise UserError(
+            f"{redact_text(uri)}: nothing there; give the run.storage URI sweeps write to, "
+            "or one sweep's folder under it"
+        )
+    return [
+        (name, run_uri(uri, name))
+        for name, config in zip(folders, configs, strict=True)
+        if config.type == pafs.FileType.File
+    ]
 
 
 def delete_run(uri: str) -> None:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tune.config import is_uri
 from tune.errors import USER_ERRORS, UserError
 from tune.sweep_state import SweepState, age, read_sweep
 
-__all__ = ["find_sweeps", "list_sweeps", "sweep_row", "sweep_rows"]
+__all__ = ["find_sweeps", "list_sweeps", "remote_sweep_rows", "sweep_row", "sweep_rows"]
 
 
 def find_sweeps(root: Path) -> list[Path]:
@@ -77,21 +79,49 @@ def sweep_row(state: SweepState) -> dict:
 def sweep_rows(root: Path) -> list[dict]:
     """A row for each sweep under `root`, newest first, unreadable ones (with their `error`)
     first of all; each row's `name` is its folder's name, as commands take it."""
-    rows = []
-    for folder in find_sweeps(root):
-        try:
-            row = sweep_row(read_sweep(folder))
-        except (OSError, *USER_ERRORS) as err:  # one broken folder hides no other
-            row = {"folder": str(folder.resolve()), "error": str(err)}
-        rows.append({**row, "name": folder.name})
-    rows.sort(key=lambda r: r.get("updated", math.inf), reverse=True)
-    return rows
+    rows = [
+        _row(folder.name, str(folder.absolute()), lambda f=folder: f)
+        for folder in find_sweeps(root)
+    ]
+    return _newest_first(rows)
 
 
-def list_sweeps(root: Path, console: Console, as_json: bool = False) -> int:
-    """Print the sweeps under `root`, newest first (unreadable ones first of all); return 0.
-    A `root` that is not a folder raises `UserError` (exit 2)."""
-    rows = sweep_rows(root)
+def remote_sweep_rows(uri: str) -> list[dict]:
+    """`sweep_rows` of the sweeps under a storage URI (or of the one sweep there), each
+    copied to this machine first without checkpoints, as `medtune dashboard <uri>` copies it
+    (only what changed since the last copy); each row's `folder` is the sweep's URI, which
+    `medtune dashboard`, `report` and `export` take."""
+    from tune.redact import redact_text
+    from tune.storage import copy_sweep, find_sweep_uris
+
+    rows = [
+        _row(name, redact_text(sweep), lambda s=sweep: copy_sweep(s))
+        for name, sweep in find_sweep_uris(uri)
+    ]
+    return _newest_first(rows)
+
+
+def _row(name: str, shown: str, local: Callable[[], Path]) -> dict:
+    try:
+        row = {**sweep_row(read_sweep(local())), "folder": shown}
+    except (OSError, *USER_ERRORS) as err:  # one broken folder hides no other
+        row = {"folder": shown, "error": str(err)}
+    return {**row, "name": name}
+
+
+def _newest_first(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: r.get("updated", math.inf), reverse=True)
+
+
+def list_sweeps(root: str, console: Console, as_json: bool = False) -> int:
+    """Print the sweeps under `root` (a folder or a storage URI), newest first (unreadable
+    ones first of all); return 0. A `root` that is not a folder raises `UserError` (exit 2)."""
+    if is_uri(root):
+        from tune.redact import redact_text
+
+        rows, root = remote_sweep_rows(root), redact_text(root)
+    else:
+        rows = sweep_rows(Path(root))
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -203,6 +203,13 @@ def test_a_sweep_on_s3_storage_exports_and_resumes(s3, cluster, tmp_path, model_
     assert (laptop / "model" / "checksums.sha256").is_file()
     (copy,) = (laptop / "cache" / "sweeps").iterdir()
     assert [p.relative_to(copy).as_posix() for p in copy.rglob("checkpoint_*")] == [confirmed]
+    # The bucket's sweeps, listed from there: the row points at the sweep's URI.
+    proc = medtune("list", uri, "--json", cwd=laptop, env={"MEDTUNE_CACHE": str(laptop / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(proc.stdout)
+    assert row["name"] == "s3run" and row["folder"] == run_uri(uri, "s3run")
+    assert row["status"] == "finished" and row["trials"] == row["ended"] == 3
+    assert row["test"]["tuned"] == metrics["tuned"]["test_loss"]
 
     # The same run name again is refused while the run exists on S3, even without a local copy.
     (tmp_path / "elsewhere").mkdir()

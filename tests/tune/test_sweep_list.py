@@ -2,6 +2,7 @@
 shared end-to-end sweep (finished and exported) beside a folder whose config is broken."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,14 @@ MEDTUNE = str(Path(sys.executable).parent / "medtune")
 pytestmark = pytest.mark.slow  # the shared sweep
 
 
-def medtune_list(*args, cwd):
+def medtune_list(*args, cwd, env=None):
     return subprocess.run(
-        [MEDTUNE, "list", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+        [MEDTUNE, "list", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -75,6 +81,37 @@ def test_a_sweep_folder_itself_lists_only_that_sweep(results, tmp_path):
     proc = medtune_list(str(out), "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert [r["name"] for r in json.loads(proc.stdout)] == ["e2e"]
+
+
+def test_a_storage_uri_lists_its_sweeps_from_copies_without_checkpoints(results, tmp_path):
+    """What `medtune list s3://bucket/prefix` does, through a file:// URI: the same pyarrow
+    code as s3:// (tests/tune/test_storage.py lists a real S3 API's bucket)."""
+    root, out = results
+    uri = root.as_uri()
+    env = {"MEDTUNE_CACHE": str(tmp_path / "cache")}
+    here = json.loads(medtune_list(str(root), "--json", cwd=tmp_path).stdout)
+    proc = medtune_list(uri, "--json", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == {"e2e", "broken"}
+    assert rows["e2e"]["folder"] == f"{uri}/e2e"  # what dashboard, report and export take
+    assert rows["broken"]["folder"] == f"{uri}/broken" and "medtune.yaml" in rows["broken"]["error"]
+    local = next(r for r in here if r["name"] == "e2e")
+    for key in ("status", "trials", "ended", "steps_trained", "best", "best_trial", "test"):
+        assert rows["e2e"][key] == local[key], key
+    copies = sorted((tmp_path / "cache" / "sweeps").iterdir())
+    assert [c.name.rsplit("-", 1)[0] for c in copies] == ["broken", "e2e"]
+    assert list(out.rglob("checkpoint_*"))
+    assert not [p for c in copies for p in c.rglob("checkpoint_*")]
+
+    one = medtune_list(f"{uri}/e2e", cwd=tmp_path, env=env)  # a sweep's own URI: that sweep
+    assert one.returncode == 0, one.stderr
+    assert f"Sweeps in {uri}/e2e" in one.stdout
+    assert [ln.split()[0] for ln in one.stdout.splitlines()[2:]] == ["e2e"]
+
+    nothing = medtune_list(f"{uri}/nope", cwd=tmp_path, env=env)
+    assert nothing.returncode == 2
+    assert nothing.stderr.startswith(f"medtune: error: {uri}/nope: nothing there; ")
 
 
 def test_names_and_paths_are_shown_as_they_are_not_as_markup(sweep, tmp_path):
