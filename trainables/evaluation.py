@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -105,10 +105,12 @@ def generate_completions(
     batch_size: int = 8,
     system_prompt: str | None = None,
     limits: list[int] | None = None,
+    histories: list[Sequence[dict]] | None = None,
 ) -> list[Completion]:
     """`generate_answers` with each answer's token counts and why it ended. `limits`: each
     record's own max_new_tokens (at most `max_new_tokens`), as if generated alone with it:
-    greedy answers in one batch share the longest budget and are cut to their own after."""
+    greedy answers in one batch share the longest budget and are cut to their own after.
+    `histories`: each record's earlier conversation (`prompt_text`'s `history`)."""
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -123,8 +125,14 @@ def generate_completions(
         for start in range(0, len(records), batch_size):
             chunk = records[start : start + batch_size]
             texts = [
-                prompt_text(tokenizer, r.question, r.context, r.system or system_prompt)
-                for r in chunk
+                prompt_text(
+                    tokenizer,
+                    r.question,
+                    r.context,
+                    r.system or system_prompt,
+                    history=histories[start + i] if histories else (),
+                )
+                for i, r in enumerate(chunk)
             ]
             enc = tokenizer(
                 texts,

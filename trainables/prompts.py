@@ -8,6 +8,7 @@ prompt here, so a model is always asked the way it was trained.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -20,16 +21,24 @@ IGNORE_INDEX = -100  # label value the loss skips (torch's CrossEntropyLoss defa
 # An example keeps at least this many answer tokens, else it is dropped as too long: a
 # prompt that leaves no room for the answer teaches nothing.
 MIN_ANSWER_TOKENS = 16
+_PLAIN_TURN = {"user": "Question: ", "assistant": "Answer: "}  # the plain template's turns
 
 
 def prompt_text(
-    tokenizer, question: str, context: str | None = None, system: str | None = None
+    tokenizer,
+    question: str,
+    context: str | None = None,
+    system: str | None = None,
+    history: Sequence[dict] = (),
 ) -> str:
-    """The text the model is given before its answer."""
+    """The text the model is given before its answer. `history`: a conversation's earlier
+    messages, oldest first ({"role": "user" or "assistant", "content": ...}), which the chat
+    template writes as its turns and the plain template as earlier questions and answers."""
     if tokenizer.chat_template:
-        messages = _messages(question, context, system)
+        messages = _messages(question, context, system, history=history)
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    parts = ([system] if system else []) + [f"Question: {question}"]
+    parts = ([system] if system else []) + [_PLAIN_TURN[m["role"]] + m["content"] for m in history]
+    parts.append(f"Question: {question}")
     if context:
         parts.append(f"Context: {context}")
     return "\n".join(parts) + "\nAnswer:"
@@ -101,10 +110,15 @@ def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def _messages(
-    question: str, context: str | None, system: str | None, answer: str | None = None
+    question: str,
+    context: str | None,
+    system: str | None,
+    answer: str | None = None,
+    history: Sequence[dict] = (),
 ) -> list[dict]:
     user = f"{question}\n\nContext: {context}" if context else question
     messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": m["role"], "content": m["content"]} for m in history]
     messages.append({"role": "user", "content": user})
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})

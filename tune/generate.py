@@ -21,6 +21,7 @@ from rich.markup import escape
 from trainables.data import Record
 from trainables.evaluation import Completion, generate_completions
 from trainables.models import load_model, load_tokenizer
+from trainables.prompts import prompt_text
 from tune.export_layout import PROMPT_FILE, check_export
 
 __all__ = ["Ask", "ExportedModel", "run_generate"]
@@ -34,6 +35,7 @@ class Ask(NamedTuple):
     question: str
     system: str | None = None  # None: the training system prompt
     max_new_tokens: int = 128
+    history: tuple[dict, ...] = ()  # earlier messages: {"role": "user"/"assistant", "content"}
 
 
 class ExportedModel:
@@ -52,10 +54,31 @@ class ExportedModel:
         return self.complete(question, system=system, max_new_tokens=max_new_tokens).text
 
     def complete(
-        self, question: str, *, system: str | None = None, max_new_tokens: int = 128
+        self,
+        question: str,
+        *,
+        system: str | None = None,
+        max_new_tokens: int = 128,
+        history: tuple[dict, ...] = (),
     ) -> Completion:
         """The greedy answer with its token counts and why it ended."""
-        return self.complete_many([Ask(question, system, max_new_tokens)])[0]
+        return self.complete_many([Ask(question, system, max_new_tokens, history)])[0]
+
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the model reads (prompt and answer), where its config says."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def prompt_tokens(self, ask: Ask) -> int:
+        """How many tokens `ask`'s prompt is, as `complete_many` builds it."""
+        text = prompt_text(
+            self.tokenizer,
+            ask.question,
+            system=ask.system or self.prompt.get("system_prompt"),
+            history=ask.history,
+        )
+        add_special = not self.tokenizer.chat_template  # as generate_completions encodes it
+        return len(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
     def complete_many(self, asks: list[Ask]) -> list[Completion]:
         """Greedy answers to several questions in one batch (one pass over the weights per
@@ -75,6 +98,7 @@ class ExportedModel:
             batch_size=len(records),
             system_prompt=self.prompt.get("system_prompt"),
             limits=limits,
+            histories=[a.history for a in asks],
         )
 
 

@@ -1,7 +1,10 @@
 """`medtune serve MODEL_DIR [--port N]`: an exported model behind Ray Serve.
 
 OpenAI-compatible `POST /v1/chat/completions` and `GET /healthz`, bound to 127.0.0.1 unless
-`--host` says otherwise. Malformed requests get a 4xx with a JSON body saying what is wrong.
+`--host` says otherwise. The last user message is answered after the conversation before it
+(the chat template's turns, or the plain template's earlier questions and answers);
+`"stream": true` gets server-sent events. Malformed requests, and conversations longer than
+the model reads, get a 4xx with a JSON body saying what is wrong.
 Requests that arrive together are answered in one batch (`serve.batch`; the response's
 `x-medtune-batch-size` header says how many shared it).
 
@@ -13,6 +16,7 @@ Requests that arrive together are answered in one batch (`serve.batch`; the resp
 # handler's real annotation; as a string under Serve's ingress wrapper it is taken for a query
 # parameter.
 import asyncio
+import json
 import signal
 import time
 import uuid
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from rich.console import Console
@@ -42,6 +47,10 @@ class ChatMessage(BaseModel):
     content: str = Field(min_length=1, max_length=32_000)
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
 class ChatRequest(BaseModel):
     """The subset of OpenAI's chat request that a local model can honour."""
 
@@ -51,6 +60,37 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
     max_tokens: int = Field(128, ge=1, le=1024)
     temperature: float = Field(0.0, ge=0.0, le=0.0, description="Greedy decoding only.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def ask(self) -> Ask:
+        """The last user message, asked after the conversation before it, with the system
+        messages (all of them, in order) in place of the training system prompt."""
+        turns = [m for m in self.messages if m.role != "system"]
+        if not turns or turns[-1].role != "user":
+            raise HTTPException(400, "the last message must have role 'user'")
+        system = "\n\n".join(m.content for m in self.messages if m.role == "system") or None
+        history = tuple({"role": m.role, "content": m.content} for m in turns[:-1])
+        return Ask(turns[-1].content, system, self.max_tokens, history)
+
+
+# Above the deployment class: Serve pickles it by value as it is decorated, while this module
+# is still being imported, so a name defined below it would be missing in the replica.
+def _stream_events(head: dict, text: str, finish: str, usage: dict | None) -> list[str]:
+    """The answer as OpenAI's server-sent chat.completion.chunk events: the whole answer in one
+    chunk (answers are generated in batches, not token by token), then the finish_reason,
+    then, when asked with stream_options.include_usage, the usage; then [DONE]."""
+    chunk = {**head, "object": "chat.completion.chunk"}
+    if usage is not None:
+        chunk["usage"] = None  # as OpenAI: null on every chunk but the last
+    delta = {"role": "assistant", "content": text}
+    chunks = [
+        {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+        {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]},
+    ]
+    if usage is not None:
+        chunks.append({**chunk, "choices": [], "usage": usage})
+    return [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
 
 
 api = FastAPI(title="medtune")
@@ -68,32 +108,44 @@ class ChatDeployment:
     def healthz(self) -> dict:
         return {"status": "ok", "model": self.model.name}
 
-    @api.post("/v1/chat/completions")
-    async def chat(self, request: ChatRequest, response: Response) -> dict:
-        last = request.messages[-1]
-        if last.role != "user":
-            raise HTTPException(400, "the last message must have role 'user'")
-        system = next((m.content for m in request.messages if m.role == "system"), None)
-        done, batch = await self.complete(Ask(last.content, system, request.max_tokens))
-        response.headers["x-medtune-batch-size"] = str(batch)  # how many were answered with it
-        return {
+    @api.post("/v1/chat/completions", response_model=None)
+    async def chat(self, request: ChatRequest, response: Response) -> dict | StreamingResponse:
+        ask = request.ask()
+        limit = self.model.context_length
+        if limit is not None and (n := self.model.prompt_tokens(ask)) + ask.max_new_tokens > limit:
+            raise HTTPException(
+                400,
+                f"the conversation's prompt is {n} tokens and max_tokens {ask.max_new_tokens}; "
+                f"{self.model.name} reads at most {limit}: send fewer or shorter messages, or "
+                "a lower max_tokens",
+            )
+        done, batch = await self.complete(ask)
+        head = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
             "created": int(time.time()),
             "model": request.model or self.model.name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": done.text},
-                    # OpenAI's: "length" when max_tokens cut the answer short.
-                    "finish_reason": "stop" if done.stopped else "length",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": done.prompt_tokens,
-                "completion_tokens": done.completion_tokens,
-                "total_tokens": done.prompt_tokens + done.completion_tokens,
-            },
+        }
+        # OpenAI's: "length" when max_tokens cut the answer short.
+        finish = "stop" if done.stopped else "length"
+        usage = {
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens,
+        }
+        batch_header = {"x-medtune-batch-size": str(batch)}  # how many were answered with it
+        if request.stream:
+            with_usage = bool(request.stream_options and request.stream_options.include_usage)
+            events = _stream_events(head, done.text, finish, usage if with_usage else None)
+            return StreamingResponse(
+                iter(events), media_type="text/event-stream", headers=batch_header
+            )
+        response.headers.update(batch_header)
+        message = {"role": "assistant", "content": done.text}
+        return {
+            **head,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": usage,
         }
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)

@@ -59,6 +59,31 @@ def test_system_prompt_goes_into_the_template(chat_tokenizer):
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
 
 
+HISTORY = (
+    {"role": "user", "content": "What causes gout?"},
+    {"role": "assistant", "content": "Uric acid crystals."},
+)
+
+
+def test_a_conversation_is_written_as_the_templates_turns(chat_tokenizer):
+    text = prompt_text(chat_tokenizer, "And its treatment?", system="Be brief.", history=HISTORY)
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\nWhat causes gout?<|im_end|>\n"
+        "<|im_start|>assistant\nUric acid crystals.<|im_end|>\n"
+        "<|im_start|>user\nAnd its treatment?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_a_conversation_in_the_plain_template_is_earlier_questions_and_answers(tiny_tokenizer):
+    text = prompt_text(tiny_tokenizer, "And its treatment?", history=HISTORY)
+    assert text == (
+        "Question: What causes gout?\nAnswer: Uric acid crystals.\n"
+        "Question: And its treatment?\nAnswer:"
+    )
+    assert prompt_text(tiny_tokenizer, "Q?", history=()) == "Question: Q?\nAnswer:"
+
+
 def test_long_answer_is_cut_never_the_question(tiny_tokenizer):
     answer = " ".join(["The joint swells and hurts."] * 200)
     example, truncated = encode_record(tiny_tokenizer, _record(answer=answer), max_length=64)

@@ -130,6 +130,91 @@ def test_questions_asked_together_are_answered_in_one_batch(server, sweep):
         assert body["usage"]["completion_tokens"] == alone.completion_tokens <= limit
 
 
+def test_a_conversation_is_answered_after_its_earlier_turns(server, sweep):
+    """The last user message, asked after the messages before it; every system message is
+    the system prompt."""
+    from tune.generate import ExportedModel
+
+    history = (
+        {"role": "user", "content": "What is gout?"},
+        {"role": "assistant", "content": "A form of arthritis."},
+    )
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        *history,
+        {"role": "system", "content": "Name one drug."},
+        {"role": "user", "content": "How is it treated?"},
+    ]
+    status, body = _request(
+        f"{server}/v1/chat/completions", {"messages": messages, "max_tokens": 6}
+    )
+    assert status == 200, body
+    model = ExportedModel(sweep[0] / "export")
+    system = "Be brief.\n\nName one drug."
+    expected = model.complete(
+        "How is it treated?", system=system, max_new_tokens=6, history=history
+    )
+    alone = model.complete("How is it treated?", system=system, max_new_tokens=6)
+    assert body["choices"][0]["message"]["content"] == expected.text
+    assert body["usage"]["prompt_tokens"] == expected.prompt_tokens > alone.prompt_tokens
+
+
+def _stream(url, body):
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        text = r.read().decode()
+    events = [line.removeprefix("data: ") for line in text.split("\n\n") if line]
+    assert all(line.startswith("data: ") for line in text.split("\n\n") if line)
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_a_streamed_answer_is_openais_server_sent_chunks(server, sweep):
+    from tune.generate import ExportedModel
+
+    expected = ExportedModel(sweep[0] / "export").complete("What is acne?", max_new_tokens=5)
+    body = {"messages": [{"role": "user", "content": "What is acne?"}], "max_tokens": 5}
+    chunks = _stream(f"{server}/v1/chat/completions", {**body, "stream": True})
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == expected.text
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [
+        None,
+        "stop" if expected.stopped else "length",
+    ]
+    assert all("usage" not in c for c in chunks)
+
+    options = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    *answer, last = _stream(f"{server}/v1/chat/completions", options)
+    assert all(c["usage"] is None for c in answer)
+    assert last["choices"] == [] and last["usage"] == {
+        "prompt_tokens": expected.prompt_tokens,
+        "completion_tokens": expected.completion_tokens,
+        "total_tokens": expected.prompt_tokens + expected.completion_tokens,
+    }
+
+
+def test_a_conversation_longer_than_the_model_reads_gets_a_400(server, sweep):
+    from tune.generate import Ask, ExportedModel
+
+    model = ExportedModel(sweep[0] / "export")
+    question = "Why? " * 360
+    tokens = model.prompt_tokens(Ask(question))
+    limit = model.context_length
+    assert tokens < limit < tokens + 1024  # fits alone, not with the longest answer
+    body = {"messages": [{"role": "user", "content": question}], "max_tokens": 1024}
+    got, answer = _request(f"{server}/v1/chat/completions", body)
+    assert got == 400, answer
+    assert answer["detail"] == (
+        f"the conversation's prompt is {tokens} tokens and max_tokens 1024; {model.name} reads "
+        f"at most {limit}: send fewer or shorter messages, or a lower max_tokens"
+    )
+
+
 @pytest.mark.parametrize(
     ("payload", "status"),
     [
