@@ -120,14 +120,21 @@ def upload(local: Path, uri: str, names: list[str]) -> None:
 
 
 def download_results(
-    uri: str, local: Path, *, every_file: bool = False, export_files: tuple[str, ...] = ()
+    uri: str,
+    local: Path,
+    *,
+    every_file: bool = False,
+    export_files: tuple[str, ...] = (),
+    prune: bool = False,
 ) -> int:
     """Ray's files under `uri` (experiment state, trial results and errors), without the
     checkpoints or an export (a model the driver uploaded from `local`), into `local`; only
     files that changed, or `every_file` (the final copy: a rewrite within the same second, at
     the same size, looks unchanged, since object stores keep whole-second modification
     times). `export_files`: names of an export's files to copy all the same (its metrics, for a
-    dashboard away from the driver). Returns how many were copied.
+    dashboard away from the driver). `prune`: `local` only mirrors `uri` (a copy on a machine
+    other than the driver's): its files no longer there are removed, e.g. a sweep's old trials
+    once it was run again with --overwrite. Returns how many were copied.
 
     Each file lands by rename, so a dashboard reading `local` never sees half a file.
     """
@@ -156,7 +163,25 @@ def download_results(
             os.utime(tmp, ns=(info.mtime_ns, info.mtime_ns))
         os.replace(tmp, dst)
         copied += 1
+    if prune:
+        _prune(local, set(rels))
     return copied
+
+
+def _prune(local: Path, present: set[str]) -> None:
+    """Remove what `local` holds that is not `present` at the URI, and the folders left empty;
+    never a file being written (`.name.part`, `.export-*`) nor an export made on this machine
+    (a folder with the prompt file), whose upload may not have ended."""
+    made_here = {p.parent for p in local.rglob(PROMPT_FILE)}
+    for path in sorted(local.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        rel = path.relative_to(local)
+        if any(part.startswith(".") for part in rel.parts) or made_here & {path, *path.parents}:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif rel.as_posix() not in present:
+            path.unlink()
 
 
 def download_folder(uri: str, rel: str, local: Path) -> Path:
@@ -207,7 +232,7 @@ def copy_sweep(uri: str) -> Path:
             "under its run.storage, e.g. s3://bucket/prefix/<run.name>"
         )
     local = remote_copy_dir(uri)
-    download_results(uri, local, export_files=DASHBOARD_EXPORT_FILES)
+    download_results(uri, local, export_files=DASHBOARD_EXPORT_FILES, prune=True)
     return local
 
 
@@ -220,7 +245,7 @@ def follow_sweep(uri: str, every_s: float = FOLLOW_EVERY_S) -> Path:
         while True:
             time.sleep(every_s)
             try:
-                download_results(uri, local, export_files=DASHBOARD_EXPORT_FILES)
+                download_results(uri, local, export_files=DASHBOARD_EXPORT_FILES, prune=True)
             except (OSError, UserError):
                 pass  # the store unreachable for a while: the next round catches up
 

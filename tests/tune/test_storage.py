@@ -259,6 +259,53 @@ def test_the_local_copy_skips_checkpoints_and_copies_only_what_changed(tmp_path)
     assert (local / "experiment_state-2.json").exists()
 
 
+def test_a_copy_elsewhere_drops_what_the_storage_no_longer_holds(tmp_path, monkeypatch):
+    """A sweep run again under its URI with --overwrite: the copy another machine keeps
+    (`medtune dashboard`, `list`, `export` of a URI) drops the old run's trials, its export's
+    metrics and the checkpoint export fetched of it, so no old trial shows among the new;
+    a download under way and an export made on that machine stay."""
+    import shutil
+
+    from tune.export_layout import PROMPT_FILE
+    from tune.storage import copy_sweep, download_folder
+
+    monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path / "cache"))
+    remote = tmp_path / "bucket" / "run"
+
+    def run(trial):
+        (remote / trial / "checkpoint_000001").mkdir(parents=True)
+        (remote / trial / "checkpoint_000001" / "adapter_model.safetensors").write_bytes(b"w")
+        (remote / trial / "progress.csv").write_text("step,eval_loss\n5,2.9\n")
+        (remote / "medtune.yaml").write_text(f"run: {{name: {trial}}}\n")
+
+    run("trial_old")
+    (remote / "export").mkdir()
+    (remote / "export" / PROMPT_FILE).write_text("{}")
+    (remote / "export" / "metrics.json").write_text("{}")
+    uri = remote.as_uri()  # file://: the same pyarrow code path as s3://
+    local = copy_sweep(uri)
+    download_folder(uri, "trial_old/checkpoint_000001", local)  # what an export fetched
+    assert (local / "export" / "metrics.json").is_file()
+    (local / ".trial_old.part").write_bytes(b"half a download")
+    (local / "picked").mkdir()  # an export made on this machine, its upload not ended
+    (local / "picked" / PROMPT_FILE).write_text("{}")
+    (local / "picked" / "model.safetensors").write_bytes(b"merged")
+
+    shutil.rmtree(remote)
+    run("trial_new")
+    assert copy_sweep(uri) == local
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*")) == [
+        ".trial_old.part",
+        "medtune.yaml",
+        "picked",
+        f"picked/{PROMPT_FILE}",
+        "picked/model.safetensors",
+        "trial_new",
+        "trial_new/progress.csv",
+    ]
+    assert (local / "medtune.yaml").read_text() == "run: {name: trial_new}\n"
+
+
 def test_a_same_size_rewrite_is_copied(tmp_path):
     """Object stores keep whole seconds: a rewrite at the same size within the second of the
     last copy looks unchanged to a size-and-time check; a new time, or the final copy, not."""
