@@ -226,7 +226,7 @@ def _dashboard(args, console: Console) -> int:
         console.print(
             f"Following {redact_text(args.results)}: its results without checkpoints, copied to "
             f"{folder} every {FOLLOW_EVERY_S:.0f} s",
-            soft_wrap=True,
+            markup=False,
         )
     try:
         serve_dashboard(folder, args.host, args.port, console)

@@ -35,11 +35,13 @@ __all__ = [
     "MirrorResults",
     "URI_SCHEMES",
     "copy_sweep",
+    "copy_sweeps",
     "delete_run",
     "download_folder",
     "download_results",
     "find_sweep_uris",
     "follow_sweep",
+    "is_sweep_uri",
     "is_uri",
     "open_storage",
     "remote_copy_dir",
@@ -232,20 +234,55 @@ def copy_sweep(uri: str) -> Path:
             "under its run.storage, e.g. s3://bucket/prefix/<run.name>"
         )
     local = remote_copy_dir(uri)
-    download_results(uri, local, export_files=DASHBOARD_EXPORT_FILES, prune=True)
+    try:
+        download_results(uri, local, export_files=DASHBOARD_EXPORT_FILES, prune=True)
+    except OSError as err:
+        raise _unreachable(uri, err) from err
+    return local
+
+
+def is_sweep_uri(uri: str) -> bool:
+    """Whether `uri` is a sweep's folder (it holds medtune.yaml), not a folder of sweeps."""
+    return run_exists(run_uri(uri, "medtune.yaml"))
+
+
+def copy_sweeps(uri: str) -> Path:
+    """Copy each sweep in the folder of sweeps at `uri` (a run.storage URI) as `copy_sweep`
+    copies one, to `remote_copy_dir(uri)/<name>`, dropping the copies of sweeps no longer
+    there; returns the folder of copies, which `medtune dashboard` and `list` read as they
+    read results/."""
+    sweeps = {name: sweep for name, sweep in find_sweep_uris(uri) if sweep != uri}
+    local = remote_copy_dir(uri)
+    local.mkdir(parents=True, exist_ok=True)
+    for name, sweep in sweeps.items():
+        try:
+            download_results(sweep, local / name, export_files=DASHBOARD_EXPORT_FILES, prune=True)
+        except OSError as err:
+            raise _unreachable(sweep, err) from err
+    for old in local.iterdir():
+        if old.is_dir() and old.name not in sweeps and not old.name.startswith("."):
+            shutil.rmtree(old)
     return local
 
 
 def follow_sweep(uri: str, every_s: float = FOLLOW_EVERY_S) -> Path:
-    """`copy_sweep`, then keep the copy current every `every_s` seconds, in a daemon thread,
-    while this process lives: what `medtune dashboard` reads when given a URI."""
-    local = copy_sweep(uri)
+    """`copy_sweep`, or `copy_sweeps` of a folder of sweeps, then keep the copy current every
+    `every_s` seconds, in a daemon thread, while this process lives: what `medtune
+    dashboard` reads when given a URI."""
+    copy = copy_sweep if is_sweep_uri(uri) else copy_sweeps
+    if copy is copy_sweeps and not find_sweep_uris(uri):
+        raise UserError(
+            f"{redact_text(uri)}: no medtune sweep there (no medtune.yaml in it nor in a folder "
+            "directly under it); give a sweep's folder under its run.storage, e.g. "
+            "s3://bucket/prefix/<run.name>, or the run.storage itself"
+        )
+    local = copy(uri)
 
     def follow() -> None:
         while True:
             time.sleep(every_s)
             try:
-                download_results(uri, local, export_files=DASHBOARD_EXPORT_FILES, prune=True)
+                copy(uri)
             except (OSError, UserError):
                 pass  # the store unreachable for a while: the next round catches up
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.markup import escape
@@ -79,38 +79,32 @@ def sweep_row(state: SweepState) -> dict:
 def sweep_rows(root: Path) -> list[dict]:
     """A row for each sweep under `root`, newest first, unreadable ones (with their `error`)
     first of all; each row's `name` is its folder's name, as commands take it."""
-    rows = [
-        _row(folder.name, str(folder.absolute()), lambda f=folder: f)
-        for folder in find_sweeps(root)
-    ]
-    return _newest_first(rows)
+    rows = []
+    for folder in find_sweeps(root):
+        try:
+            row = sweep_row(read_sweep(folder))
+        except (OSError, *USER_ERRORS) as err:  # one broken folder hides no other
+            row = {"error": str(err)}
+        rows.append({**row, "name": folder.name, "folder": str(folder.absolute())})
+    rows.sort(key=lambda r: r.get("updated", math.inf), reverse=True)
+    return rows
 
 
 def remote_sweep_rows(uri: str) -> list[dict]:
-    """`sweep_rows` of the sweeps under a storage URI (or of the one sweep there), each
-    copied to this machine first without checkpoints, as `medtune dashboard <uri>` copies it
-    (only what changed since the last copy); each row's `folder` is the sweep's URI, which
+    """`sweep_rows` of the sweeps under a storage URI (or of the one sweep there), copied to
+    this machine first without checkpoints, as `medtune dashboard <uri>` copies them (only
+    what changed since the last copy); each row's `folder` is the sweep's URI, which
     `medtune dashboard`, `report` and `export` take."""
     from tune.redact import redact_text
-    from tune.storage import copy_sweep, find_sweep_uris
+    from tune.storage import copy_sweep, copy_sweeps, is_sweep_uri, run_uri
 
-    rows = [
-        _row(name, redact_text(sweep), lambda s=sweep: copy_sweep(s))
-        for name, sweep in find_sweep_uris(uri)
-    ]
-    return _newest_first(rows)
-
-
-def _row(name: str, shown: str, local: Callable[[], Path]) -> dict:
-    try:
-        row = {**sweep_row(read_sweep(local())), "folder": shown}
-    except (OSError, *USER_ERRORS) as err:  # one broken folder hides no other
-        row = {"folder": shown, "error": str(err)}
-    return {**row, "name": name}
-
-
-def _newest_first(rows: list[dict]) -> list[dict]:
-    return sorted(rows, key=lambda r: r.get("updated", math.inf), reverse=True)
+    if is_sweep_uri(uri):
+        name = urlsplit(uri).path.rstrip("/").rsplit("/", 1)[-1]
+        return [
+            {**r, "name": name, "folder": redact_text(uri)} for r in sweep_rows(copy_sweep(uri))
+        ]
+    rows = sweep_rows(copy_sweeps(uri))
+    return [{**r, "folder": redact_text(run_uri(uri, r["name"]))} for r in rows]
 
 
 def list_sweeps(root: str, console: Console, as_json: bool = False) -> int:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -257,7 +258,6 @@ def test_dashboard_of_a_folder_of_sweeps_lists_them_and_serves_each(sweep, page,
     under sweep/<name>/ (its polling reaches that sweep's routes), a broken sweep's reason in
     its row, and nothing outside the folder."""
     import urllib.error
-    import urllib.request
 
     out, _ = sweep
     root = tmp_path / "results"
@@ -366,16 +366,36 @@ def test_dashboard_of_a_sweep_on_object_storage_follows_it_from_another_machine(
     )
     assert gone.returncode == 2
     assert gone.stderr.startswith("medtune: error: file://") and "nothing there" in gone.stderr
-    (tmp_path / "bucket" / "sweeps" / "other").mkdir()  # the folder of sweeps, say
+    (tmp_path / "bucket" / "sweeps" / "other").mkdir()  # no sweep, nor a folder of sweeps
     (tmp_path / "bucket" / "sweeps" / "other" / "progress.csv").write_text("step\n1\n")
     wrong = subprocess.run(
-        [MEDTUNE, "dashboard", (tmp_path / "bucket" / "sweeps").as_uri(), "--port", "0"],
+        [MEDTUNE, "dashboard", (tmp_path / "bucket" / "sweeps" / "other").as_uri()],
         capture_output=True,
         text=True,
         env={**os.environ, "MEDTUNE_CACHE": str(cache)},
     )
-    assert wrong.returncode == 2 and "not a medtune sweep (no medtune.yaml)" in wrong.stderr
+    assert wrong.returncode == 2 and "no medtune sweep there" in wrong.stderr
     assert len(list((cache / "sweeps").iterdir())) == 1  # nothing of it copied
+
+    # The run.storage itself: an index of its sweeps, each one's page under sweep/<name>/.
+    proc = subprocess.Popen(
+        [MEDTUNE, "dashboard", (tmp_path / "bucket" / "sweeps").as_uri(), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "MEDTUNE_CACHE": str(cache)},
+    )
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]
+        url = re.search(r"http://127\.0\.0\.1:\d+/", lines[1]).group(0)
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert 'href="sweep/e2e/"' in r.read().decode()
+        with urllib.request.urlopen(url + "sweep/e2e/", timeout=30) as r:
+            assert len(re.findall(r'<tr data-trial="', r.read().decode())) == SAMPLES
+    finally:
+        stop(proc)
+    (copies,) = [p for p in (cache / "sweeps").iterdir() if p.name.startswith("sweeps-")]
+    assert [p.name for p in copies.iterdir()] == ["e2e"] and not list(copies.rglob("checkpoint_*"))
 
 
 def test_text_from_data_models_and_errors_is_escaped(sweep, browser, tmp_path):

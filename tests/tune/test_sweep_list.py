@@ -99,15 +99,20 @@ def test_a_storage_uri_lists_its_sweeps_from_copies_without_checkpoints(results,
     local = next(r for r in here if r["name"] == "e2e")
     for key in ("status", "trials", "ended", "steps_trained", "best", "best_trial", "test"):
         assert rows["e2e"][key] == local[key], key
-    copies = sorted((tmp_path / "cache" / "sweeps").iterdir())
-    assert [c.name.rsplit("-", 1)[0] for c in copies] == ["broken", "e2e"]
-    assert list(out.rglob("checkpoint_*"))
-    assert not [p for c in copies for p in c.rglob("checkpoint_*")]
+    (copy,) = (tmp_path / "cache" / "sweeps").iterdir()  # the dashboard's copy of the URI
+    assert copy.name.startswith("results-")
+    assert sorted(p.name for p in copy.iterdir()) == ["broken", "e2e"]
+    assert list(out.rglob("checkpoint_*")) and not list(copy.rglob("checkpoint_*"))
 
     one = medtune_list(f"{uri}/e2e", cwd=tmp_path, env=env)  # a sweep's own URI: that sweep
     assert one.returncode == 0, one.stderr
     assert f"Sweeps in {uri}/e2e" in one.stdout
     assert [ln.split()[0] for ln in one.stdout.splitlines()[2:]] == ["e2e"]
+
+    (root / "e2e").unlink()  # a sweep gone from the storage goes from the copy
+    proc = medtune_list(uri, "--json", cwd=tmp_path, env=env)
+    assert [r["name"] for r in json.loads(proc.stdout)] == ["broken"]
+    assert sorted(p.name for p in copy.iterdir()) == ["broken"]
 
     nothing = medtune_list(f"{uri}/nope", cwd=tmp_path, env=env)
     assert nothing.returncode == 2
