@@ -4,12 +4,12 @@
     medtune sweep --resume results/<name> [search.num_samples=N]
     medtune config [--config FILE] [key=value ...]
     medtune data inspect [--config FILE] [--json] [key=value ...]
-    medtune list [results] [--json]
+    medtune list [results | s3://bucket/prefix] [--json]
     medtune export results/<name> [--out DIR] [--trial ID]
     medtune generate results/<name>/export ["question"]
     medtune serve results/<name>/export [--port N]
     medtune dashboard results/<name> [--port N]   (or results: an index of its sweeps; or
-                                                  s3://bucket/prefix/<name>, followed)
+                                                  s3://bucket/prefix[/<name>], followed)
     medtune report results/<name> [--out FILE]   (or s3://bucket/prefix/<name>, copied)
 
 Bad input prints one line per problem (`medtune: error: ...`) and exits 2 before anything is
@@ -113,8 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.add_argument(
         "results",
         help="the sweep's folder, e.g. results/<name>, or a folder of sweeps for an index; or "
-        "the sweep's folder under a URI run.storage (s3://bucket/prefix/<name>), followed from "
-        "this machine",
+        "the sweep's folder under a URI run.storage (s3://bucket/prefix/<name>), or that URI "
+        "itself for an index, followed from this machine",
     )
     dashboard.add_argument(
         "--port", type=int, default=8266, help="default 8266 (next to Ray's 8265); 0: any free"
