@@ -217,19 +217,19 @@ def _dashboard(args, console: Console) -> int:
         return 0
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: not a TCP port; use 1-65535, or 0 for any free one")
-    folder = Path(args.results)
+    folder, shown = Path(args.results), None
     if "://" in args.results:  # a sweep on object storage, followed from any machine
         from tune.redact import redact_text
         from tune.storage import FOLLOW_EVERY_S, follow_sweep
 
-        folder = follow_sweep(args.results)
+        folder, shown = follow_sweep(args.results), redact_text(args.results)
         console.print(
             f"Following {redact_text(args.results)}: its results without checkpoints, copied to "
             f"{folder} every {FOLLOW_EVERY_S:.0f} s",
             markup=False,
         )
     try:
-        serve_dashboard(folder, args.host, args.port, console)
+        serve_dashboard(folder, args.host, args.port, console, shown)
     except OSError as e:
         raise UserError(
             f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror}); "

@@ -119,9 +119,12 @@ def write_report(folder: Path, out: Path | None, console: Console) -> list[Path]
     return written
 
 
-def serve_dashboard(folder: Path, host: str, port: int, console: Console) -> None:
+def serve_dashboard(
+    folder: Path, host: str, port: int, console: Console, shown: str | None = None
+) -> None:
     """Serve the dashboard until interrupted (Ctrl-C): of one sweep, or, given a folder of
-    sweeps (results/), an index of them with each sweep's page under sweep/<name>/."""
+    sweeps (results/), an index of them with each sweep's page under sweep/<name>/. `shown`:
+    what the index calls the folder (the URI a copy follows), if not its path."""
     folder = folder.resolve()
     several = not (folder / "medtune.yaml").is_file() and folder.is_dir() and find_sweeps(folder)
     if not several:
@@ -133,7 +136,7 @@ def serve_dashboard(folder: Path, host: str, port: int, console: Console) -> Non
             "authenticating proxy (see docs/security.md).",
             soft_wrap=True,
         )
-    server = ThreadingHTTPServer((host, port), _handler(folder, several=bool(several)))
+    server = ThreadingHTTPServer((host, port), _handler(folder, bool(several), shown))
     url = f"http://{host}:{server.server_address[1]}/"
     what = f"the sweeps in {folder}" if several else str(folder)
     console.print(f"medtune dashboard for {what}: {url}  (Ctrl-C stops it)", markup=False)
@@ -167,14 +170,17 @@ class _Pages:
             return self.state, self.charts
 
 
-def render_index(root: Path) -> str:
-    """The page listing the sweeps in `root`, newest first, each linking to its own page."""
+def render_index(root: Path, shown: str | None = None) -> str:
+    """The page listing the sweeps in `root` (called `shown` if given), newest first, each
+    linking to its own page."""
     return _env.get_template("index.html.j2").render(
-        root=str(root), rows=sweep_rows(root), refresh_s=INDEX_REFRESH_S, age=age
+        root=shown or str(root), rows=sweep_rows(root), refresh_s=INDEX_REFRESH_S, age=age
     )
 
 
-def _handler(root: Path, several: bool = False) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    root: Path, several: bool = False, shown: str | None = None
+) -> type[BaseHTTPRequestHandler]:
     """Requests for one sweep's page (`several` false: `root` is the sweep), or for the index
     of the sweeps in `root` at / and each sweep's page under /sweep/<name>/."""
     pages: dict[Path, _Pages] = {}
@@ -197,7 +203,7 @@ def _handler(root: Path, several: bool = False) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0]
             try:
                 if several and path == "/":
-                    return self._send(render_index(root), "html")
+                    return self._send(render_index(root, shown), "html")
                 if several and not path.startswith("/sweep/"):
                     return self._send("not found", "text", HTTPStatus.NOT_FOUND)
                 folder, path = sweep_of(path)

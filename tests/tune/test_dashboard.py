@@ -389,7 +389,9 @@ def test_dashboard_of_a_sweep_on_object_storage_follows_it_from_another_machine(
         lines = [proc.stdout.readline() for _ in range(2)]
         url = re.search(r"http://127\.0\.0\.1:\d+/", lines[1]).group(0)
         with urllib.request.urlopen(url, timeout=30) as r:
-            assert 'href="sweep/e2e/"' in r.read().decode()
+            index = r.read().decode()
+        assert 'href="sweep/e2e/"' in index
+        assert f"<h1>Sweeps in {(tmp_path / 'bucket' / 'sweeps').as_uri()}</h1>" in index
         with urllib.request.urlopen(url + "sweep/e2e/", timeout=30) as r:
             assert len(re.findall(r'<tr data-trial="', r.read().decode())) == SAMPLES
     finally:
