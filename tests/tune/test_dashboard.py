@@ -299,6 +299,18 @@ def test_dashboard_of_a_folder_of_sweeps_lists_them_and_serves_each(sweep, page,
         stop(proc)
 
 
+def _follow(uri: str, cache: Path) -> tuple[subprocess.Popen, list[str]]:
+    """`medtune dashboard <uri>` with its copies in `cache`, and its first two lines."""
+    proc = subprocess.Popen(
+        [MEDTUNE, "dashboard", uri, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "MEDTUNE_CACHE": str(cache)},
+    )
+    return proc, [proc.stdout.readline() for _ in range(2)]
+
+
 def test_dashboard_of_a_sweep_on_object_storage_follows_it_from_another_machine(
     sweep, page, tmp_path
 ):
@@ -310,15 +322,8 @@ def test_dashboard_of_a_sweep_on_object_storage_follows_it_from_another_machine(
     shutil.copytree(out, remote)  # as a driver leaves it under run.storage: checkpoints too
     metrics = json.loads((remote / "export" / "metrics.json").read_text())
     cache = tmp_path / "cache"
-    proc = subprocess.Popen(
-        [MEDTUNE, "dashboard", remote.as_uri(), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "MEDTUNE_CACHE": str(cache)},
-    )
+    proc, lines = _follow(remote.as_uri(), cache)
     try:
-        lines = [proc.stdout.readline() for _ in range(2)]
         assert lines[0].startswith(f"Following {remote.as_uri()}"), lines
         url = re.search(r"http://127\.0\.0\.1:\d+/", lines[1]).group(0)
         (copy,) = (cache / "sweeps").iterdir()
@@ -378,15 +383,8 @@ def test_dashboard_of_a_sweep_on_object_storage_follows_it_from_another_machine(
     assert len(list((cache / "sweeps").iterdir())) == 1  # nothing of it copied
 
     # The run.storage itself: an index of its sweeps, each one's page under sweep/<name>/.
-    proc = subprocess.Popen(
-        [MEDTUNE, "dashboard", (tmp_path / "bucket" / "sweeps").as_uri(), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "MEDTUNE_CACHE": str(cache)},
-    )
+    proc, lines = _follow((tmp_path / "bucket" / "sweeps").as_uri(), cache)
     try:
-        lines = [proc.stdout.readline() for _ in range(2)]
         url = re.search(r"http://127\.0\.0\.1:\d+/", lines[1]).group(0)
         with urllib.request.urlopen(url, timeout=30) as r:
             index = r.read().decode()
