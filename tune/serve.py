@@ -1,10 +1,10 @@
 """`medtune serve MODEL_DIR [--port N]`: an exported model behind Ray Serve.
 
-OpenAI-compatible `POST /v1/chat/completions` and `GET /healthz`, bound to 127.0.0.1 unless
-`--host` says otherwise. The last user message is answered after the conversation before it
-(the chat template's turns, or the plain template's earlier questions and answers);
-`"stream": true` gets server-sent events. Malformed requests, and conversations longer than
-the model reads, get a 4xx with a JSON body saying what is wrong.
+OpenAI-compatible `POST /v1/chat/completions`, `GET /v1/models` and `GET /healthz`, bound to
+127.0.0.1 unless `--host` says otherwise. The last user message is answered after the
+conversation before it (the chat template's turns, or the plain template's earlier questions
+and answers); `"stream": true` gets server-sent events. Malformed requests, and
+conversations longer than the model reads, get a 4xx with a JSON body saying what is wrong.
 Requests that arrive together are answered in one batch (`serve.batch`; the response's
 `x-medtune-batch-size` header says how many shared it).
 
@@ -107,6 +107,14 @@ class ChatDeployment:
     @api.get("/healthz")
     def healthz(self) -> dict:
         return {"status": "ok", "model": self.model.name}
+
+    @api.get("/v1/models")
+    def models(self) -> dict:
+        """OpenAI's model list, which clients and chat UIs ask for before they chat."""
+        return {
+            "object": "list",
+            "data": [{"id": self.model.name, "object": "model", "owned_by": "medtune"}],
+        }
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat(self, request: ChatRequest, response: Response) -> dict | StreamingResponse:

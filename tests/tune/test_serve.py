@@ -71,6 +71,17 @@ def test_healthz(server):
     assert status == 200 and body["status"] == "ok"
 
 
+def test_models_lists_the_served_model_as_openai_clients_ask(server, sweep):
+    status, body = _request(f"{server}/v1/models")
+    assert status == 200
+    assert body == {
+        "object": "list",
+        "data": [
+            {"id": sweep[0].joinpath("export").name, "object": "model", "owned_by": "medtune"}
+        ],
+    }
+
+
 def test_chat_completion(server, sweep):
     """The answer `medtune generate` gives, with OpenAI's usage and finish_reason."""
     from tune.generate import ExportedModel
