@@ -25,7 +25,7 @@ from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from rich.console import Console
 
@@ -59,9 +59,19 @@ class ChatRequest(BaseModel):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
     max_tokens: int = Field(128, ge=1, le=1024)
-    temperature: float = Field(0.0, ge=0.0, le=0.0, description="Greedy decoding only.")
+    temperature: float | None = Field(None, description="Greedy decoding only: 0 or absent.")
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy(cls, v: float | None) -> float | None:
+        if v:  # a client's default (0.7, 1.0) must not pass for what was asked
+            raise ValueError(
+                f"got {v}; this server decodes greedily (the answer `medtune generate` gives), "
+                "so send temperature 0 or leave it out"
+            )
+        return v
 
     def ask(self) -> Ask:
         """The last user message, asked after the conversation before it, with the system

@@ -233,6 +233,7 @@ def test_a_conversation_longer_than_the_model_reads_gets_a_400(server, sweep):
         ({"prompt": "What is asthma?"}, 422),
         ({"messages": [{"role": "doctor", "content": "hi"}]}, 422),
         ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 422),
+        ({"messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}, 422),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, 400),
     ],
 )
@@ -240,6 +241,17 @@ def test_malformed_requests_get_a_4xx(server, payload, status):
     got, body = _request(f"{server}/v1/chat/completions", payload)
     assert got == status, body
     assert "detail" in body
+
+
+def test_a_sampling_temperature_is_refused_with_the_reason(server):
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}
+    got, answer = _request(f"{server}/v1/chat/completions", body)
+    assert got == 422
+    (error,) = answer["detail"]
+    assert error["loc"] == ["body", "temperature"]
+    assert "decodes greedily" in error["msg"] and "temperature 0" in error["msg"]
+    body["temperature"] = 0
+    assert _request(f"{server}/v1/chat/completions", {**body, "max_tokens": 2})[0] == 200
 
 
 def test_invalid_json_gets_a_4xx(server):
