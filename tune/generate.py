@@ -22,6 +22,7 @@ from trainables.data import Record
 from trainables.evaluation import Completion, generate_completions
 from trainables.models import load_model, load_tokenizer
 from trainables.prompts import prompt_text
+from tune.errors import UserError
 from tune.export_layout import PROMPT_FILE, check_export
 
 __all__ = ["Ask", "ExportedModel", "run_generate"]
@@ -69,6 +70,17 @@ class ExportedModel:
         """The most positions the model reads (prompt and answer), where its config says."""
         return getattr(self.model.config, "max_position_embeddings", None)
 
+    def too_long(self, ask: Ask) -> str | None:
+        """Why `ask` does not fit the positions the model reads (its prompt and answer
+        together), or None when it fits or the model's config names no limit."""
+        limit = self.context_length
+        if limit is None or (tokens := self.prompt_tokens(ask)) + ask.max_new_tokens <= limit:
+            return None
+        return (
+            f"its prompt is {tokens} tokens and the answer may take {ask.max_new_tokens}; "
+            f"{self.name} reads at most {limit}"
+        )
+
     def prompt_tokens(self, ask: Ask) -> int:
         """How many tokens `ask`'s prompt is, as `complete_many` builds it."""
         text = prompt_text(
@@ -105,6 +117,7 @@ class ExportedModel:
 def run_generate(args, console: Console) -> int:
     model = ExportedModel(args.model_dir)
     if args.question:
+        _check_fits(model, [Ask(args.question, None, args.max_new_tokens)])
         console.print(model.answer(args.question, max_new_tokens=args.max_new_tokens), markup=False)
         return 0
     console.print(f"[bold]{escape(model.name)}[/]: ask a question (empty line or Ctrl-D to stop).")
@@ -113,17 +126,33 @@ def run_generate(args, console: Console) -> int:
         # Questions from a file or a pipe: answered BATCH at a time, in order (a batch of 8
         # takes about a quarter of the time of 8 in turn on a CPU: benchmarks/serve_batch.py).
         questions = list(itertools.takewhile(bool, (line.strip() for line in sys.stdin)))
-        for start in range(0, len(questions), BATCH):
-            asks = [Ask(q, None, args.max_new_tokens) for q in questions[start : start + BATCH]]
-            for done in model.complete_many(asks):
+        asks = [Ask(q, None, args.max_new_tokens) for q in questions]
+        _check_fits(model, asks)  # all of them before any answer: one line, nothing printed
+        for start in range(0, len(asks), BATCH):
+            for done in model.complete_many(asks[start : start + BATCH]):
                 console.print(done.text, markup=False)
         return 0
     for line in iter(lambda: _ask(console), ""):
         question = line.strip()
         if not question:
             break
+        try:
+            _check_fits(model, [Ask(question, None, args.max_new_tokens)])
+        except UserError as e:  # at the prompt: say so and ask again
+            console.print(f"[red]{escape(str(e))}[/]")
+            continue
         console.print(model.answer(question, max_new_tokens=args.max_new_tokens), markup=False)
     return 0
+
+
+def _check_fits(model: ExportedModel, asks: list[Ask]) -> None:
+    """Raise UserError naming the first question too long for the model."""
+    for n, ask in enumerate(asks, 1):
+        if why := model.too_long(ask):
+            which = f"question {n}" if len(asks) > 1 else "the question"
+            raise UserError(
+                f"{which}: {why}; shorten it, or lower --max-new-tokens (now {ask.max_new_tokens})"
+            )
 
 
 def _ask(console: Console) -> str:

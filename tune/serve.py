@@ -129,13 +129,10 @@ class ChatDeployment:
     @api.post("/v1/chat/completions", response_model=None)
     async def chat(self, request: ChatRequest, response: Response) -> dict | StreamingResponse:
         ask = request.ask()
-        limit = self.model.context_length
-        if limit is not None and (n := self.model.prompt_tokens(ask)) + ask.max_new_tokens > limit:
+        if why := self.model.too_long(ask):
             raise HTTPException(
                 400,
-                f"the conversation's prompt is {n} tokens and max_tokens {ask.max_new_tokens}; "
-                f"{self.model.name} reads at most {limit}: send fewer or shorter messages, or "
-                "a lower max_tokens",
+                f"the conversation: {why}; send fewer or shorter messages, or a lower max_tokens",
             )
         done, batch = await self.complete(ask)
         head = {

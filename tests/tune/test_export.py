@@ -145,6 +145,33 @@ def test_generate_prints_the_answer_as_it_is_even_when_it_looks_like_markup(swee
     assert lines[2:] == [answer, answer]
 
 
+def test_generate_refuses_a_question_longer_than_the_model_reads(sweep):
+    """One line, exit 2, no answer: the model's positions hold the prompt and the answer."""
+    from tune.generate import Ask, ExportedModel
+
+    out, _ = sweep
+    model = ExportedModel(out / "export")
+    long = "Why? " * 360
+    tokens = model.prompt_tokens(Ask(long))
+    assert tokens + 128 < model.context_length < tokens + 1000
+    proc = _medtune("generate", str(out / "export"), long, "--max-new-tokens", "1000")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        f"medtune: error: the question: its prompt is {tokens} tokens and the answer may take "
+        f"1000; export reads at most {model.context_length}; shorten it, or lower "
+        "--max-new-tokens (now 1000)\n"
+    )
+    piped = _medtune(
+        "generate",
+        str(out / "export"),
+        "--max-new-tokens",
+        "1000",
+        stdin=f"What is gout?\n{long}\n",
+    )
+    assert piped.returncode == 2 and piped.stderr.startswith("medtune: error: question 2: its ")
+    assert len(piped.stdout.splitlines()) == 2  # the greeting only: no question was answered
+
+
 def test_generate_refuses_a_folder_that_is_no_export(sweep):
     out, _ = sweep
     proc = _medtune("generate", str(out), "What is asthma?")

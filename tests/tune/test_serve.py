@@ -221,8 +221,9 @@ def test_a_conversation_longer_than_the_model_reads_gets_a_400(server, sweep):
     got, answer = _request(f"{server}/v1/chat/completions", body)
     assert got == 400, answer
     assert answer["detail"] == (
-        f"the conversation's prompt is {tokens} tokens and max_tokens 1024; {model.name} reads "
-        f"at most {limit}: send fewer or shorter messages, or a lower max_tokens"
+        f"the conversation: its prompt is {tokens} tokens and the answer may take 1024; "
+        f"{model.name} reads at most {limit}; send fewer or shorter messages, or a lower "
+        "max_tokens"
     )
 
 
