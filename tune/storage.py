@@ -82,13 +82,11 @@ def _unreachable(uri: str, err: Exception) -> UserError:
 
 
 def find_sweep_uris(uri: str) -> list[tuple[str, str]]:
-    """`uri` itself if it is a sweep's folder (it holds medtune.yaml), else its sub-folders
-    that are: (folder name, URI) pairs, by name. One listing of `uri`, not of the sweeps'
-    files (a bucket of sweeps holds every trial's checkpoints)."""
+    """The folders directly under `uri` that are sweeps' (they hold medtune.yaml): (folder
+    name, URI) pairs, by name. One listing of `uri`, not of the sweeps' files (a bucket of
+    sweeps holds every trial's checkpoints)."""
     fs, base = open_storage(uri)
     try:
-        if fs.get_file_info(f"{base}/medtune.yaml").type == pafs.FileType.File:
-            return [(base.rstrip("/").rsplit("/", 1)[-1], uri)]
         found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
         folders = sorted(i.base_name for i in found if i.type == pafs.FileType.Directory)
         configs = fs.get_file_info([f"{base}/{name}/medtune.yaml" for name in folders])
@@ -251,7 +249,7 @@ def copy_sweeps(uri: str) -> Path:
     copies one, to `remote_copy_dir(uri)/<name>`, dropping the copies of sweeps no longer
     there; returns the folder of copies, which `medtune dashboard` and `list` read as they
     read results/."""
-    sweeps = {name: sweep for name, sweep in find_sweep_uris(uri) if sweep != uri}
+    sweeps = dict(find_sweep_uris(uri))
     local = remote_copy_dir(uri)
     local.mkdir(parents=True, exist_ok=True)
     for name, sweep in sweeps.items():
