@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from trainables.data import Record
 from trainables.loss import answer_logits, answer_token_loss
@@ -106,11 +108,19 @@ def generate_completions(
     system_prompt: str | None = None,
     limits: list[int] | None = None,
     histories: list[Sequence[dict]] | None = None,
+    on_step: Callable[[int, list[Completion]], None] | None = None,
+    dropped: Callable[[int], bool] | None = None,
 ) -> list[Completion]:
-    """`generate_answers` with each answer's token counts and why it ended. `limits`: each
-    record's own max_new_tokens (at most `max_new_tokens`), as if generated alone with it:
-    greedy answers in one batch share the longest budget and are cut to their own after.
-    `histories`: each record's earlier conversation (`prompt_text`'s `history`)."""
+    """`generate_answers` with each answer's token counts and why it ended.
+
+    `limits`: each record's own max_new_tokens (at most `max_new_tokens`), as if generated
+    alone with it; a batch stops once every answer has met its end-of-sequence token or its
+    limit. `histories`: each record's earlier conversation (`prompt_text`'s `history`).
+    `on_step(start, partials)`: called after every generated token with the answers of the
+    batch that begins at record `start` so far (`Completion.text` holds only what later tokens
+    cannot change; an answer is final once it has stopped or met its limit). `dropped(i)`:
+    whether record `i`'s answer is no longer wanted (its client left); it ends at the next
+    token, and a batch whose answers are all ended stops."""
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -140,31 +150,106 @@ def generate_completions(
                 padding=True,
                 add_special_tokens=not tokenizer.chat_template,
             ).to(device)
+            caps = [
+                min(limits[start + i], max_new_tokens) if limits else max_new_tokens
+                for i in range(len(chunk))
+            ]
+            prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
+            follow = _Answers(tokenizer, eos, caps, prompt_tokens)
+            rows_done = _RowsDone(follow, enc["input_ids"].shape[1], start, dropped)
             out = model.generate(
                 **enc,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max(caps),
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
+                stopping_criteria=StoppingCriteriaList([rows_done]),
+                streamer=None if on_step is None else _Steps(follow, start, on_step),
             )
             new = out[:, enc["input_ids"].shape[1] :].tolist()
-            if limits is not None:
-                new = [ids[:limit] for ids, limit in zip(new, limits[start:], strict=False)]
-            for ids, mask in zip(new, enc["attention_mask"].tolist(), strict=True):
-                # A sequence that ended early is padded after its end-of-sequence token.
-                end = next((i for i, t in enumerate(ids) if t in eos), None)
-                answer = ids if end is None else ids[:end]
-                completions.append(
-                    Completion(
-                        text=tokenizer.decode(answer, skip_special_tokens=True).strip(),
-                        prompt_tokens=sum(mask),
-                        completion_tokens=len(answer),
-                        stopped=end is not None,
-                    )
-                )
+            completions += [follow.completion(i, ids, final=True) for i, ids in enumerate(new)]
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
     return completions
+
+
+class _Answers:
+    """A batch's answers read from its generated token ids: each cut at its first
+    end-of-sequence token or at its limit, and decoded."""
+
+    def __init__(self, tokenizer, eos: set[int], limits: list[int], prompt_tokens: list[int]):
+        self.tokenizer = tokenizer
+        self.eos = eos
+        self.limits = limits
+        self.prompt_tokens = prompt_tokens
+        # Tokenizers that tidy spaces ("do n't" -> "don't") change text before later tokens.
+        self.tidies = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
+
+    def completion(self, row: int, ids: list[int], *, final: bool) -> Completion:
+        """Row `row`'s answer in `ids` (its generated tokens so far). Unless `final` or ended,
+        its text is only the part that later tokens cannot change."""
+        ids = ids[: self.limits[row]]
+        # A row that ended is padded after its end-of-sequence token.
+        end = next((i for i, t in enumerate(ids) if t in self.eos), None)
+        answer = ids if end is None else ids[:end]
+        text = self.tokenizer.decode(answer, skip_special_tokens=True)
+        if final or end is not None or len(ids) == self.limits[row]:
+            text = text.strip()
+        else:
+            text = _settled(text, self.tidies)
+        return Completion(text, self.prompt_tokens[row], len(answer), end is not None)
+
+
+def _settled(text: str, tidies: bool) -> str:
+    """The part of an unfinished answer that later tokens leave as it is: without the
+    whitespace around it or a character still missing its bytes (U+FFFD), and, for a
+    tokenizer that tidies spaces, without its last word."""
+    text = text.lstrip().rstrip("\ufffd").rstrip()
+    if tidies:
+        text = text[: max(text.rfind(" "), text.rfind("\n"), 0)].rstrip()
+    return text
+
+
+class _Steps(BaseStreamer):
+    """The `generate` streamer behind `on_step`: collects each row's tokens as they come."""
+
+    def __init__(self, answers: _Answers, start: int, on_step: Callable):
+        self.answers, self.start, self.on_step = answers, start, on_step
+        self.rows: list[list[int]] | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.rows is None:  # the first put is the prompt
+            self.rows = [[] for _ in range(value.shape[0])]
+            return
+        for row, token in zip(self.rows, value.view(-1).tolist(), strict=True):
+            row.append(token)
+        self.on_step(
+            self.start,
+            [self.answers.completion(i, ids, final=False) for i, ids in enumerate(self.rows)],
+        )
+
+    def end(self) -> None:
+        pass
+
+
+class _RowsDone(StoppingCriteria):
+    """Each row ends at its own limit, or as soon as its answer is dropped (which makes the
+    length it reached its limit)."""
+
+    def __init__(self, answers: _Answers, prompt_length: int, start: int, dropped):
+        self.answers = answers
+        self.prompt_length = prompt_length
+        self.start = start
+        self.dropped = dropped
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        length = input_ids.shape[1] - self.prompt_length
+        limits = self.answers.limits
+        if self.dropped is not None:
+            for i in range(len(limits)):
+                if length < limits[i] and self.dropped(self.start + i):
+                    limits[i] = length
+        return torch.tensor([length >= n for n in limits], device=input_ids.device)
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:

@@ -1,10 +1,10 @@
 """`medtune generate MODEL_DIR ["question"]`: answer with an exported model.
 
 The question is prompted exactly as in training (the tokenizer's chat template or the plain
-template, with the training system prompt from `medtune_prompt.json`). Without a question
-it reads questions from the terminal until an empty line or end of input, answering each in
-turn; from a file or a pipe it reads them all (to an empty line or the end) and answers them
-8 at a time, in order.
+template, with the training system prompt from `medtune_prompt.json`), and its answer is
+printed as it is generated. Without a question it reads questions from the terminal until an
+empty line or end of input, answering each in turn; from a file or a pipe it reads them all
+(to an empty line or the end) and answers them 8 at a time, in order.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,7 +26,7 @@ from trainables.prompts import prompt_text
 from tune.errors import UserError
 from tune.export_layout import PROMPT_FILE, check_export
 
-__all__ = ["Ask", "ExportedModel", "run_generate"]
+__all__ = ["Ask", "ExportedModel", "grown", "run_generate"]
 
 BATCH = 8  # questions from a file answered together
 
@@ -92,9 +93,17 @@ class ExportedModel:
         add_special = not self.tokenizer.chat_template  # as generate_completions encodes it
         return len(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
-    def complete_many(self, asks: list[Ask]) -> list[Completion]:
+    def complete_many(
+        self,
+        asks: list[Ask],
+        *,
+        on_step: Callable[[int, list[Completion]], None] | None = None,
+        dropped: Callable[[int], bool] | None = None,
+    ) -> list[Completion]:
         """Greedy answers to several questions in one batch (one pass over the weights per
-        generated token for all of them), each as `complete` gives it alone."""
+        generated token for all of them), each as `complete` gives it alone. `on_step` and
+        `dropped`: as `generate_completions` takes them, to follow the answers as they grow
+        and to end those no longer wanted."""
         records = [
             Record(
                 id=str(i), question=a.question, answer="", group="", source="user", system=a.system
@@ -111,14 +120,24 @@ class ExportedModel:
             system_prompt=self.prompt.get("system_prompt"),
             limits=limits,
             histories=[a.history for a in asks],
+            on_step=on_step,
+            dropped=dropped,
         )
+
+
+def grown(before: str, now: str) -> str:
+    """What an answer's text `now` adds to what was shown of it, `before` ("" when nothing, or
+    when `now` does not extend it: `generate_completions` keeps a growing answer's text to
+    what later tokens leave as it is, so that is only a guard)."""
+    return now[len(before) :] if now.startswith(before) else ""
 
 
 def run_generate(args, console: Console) -> int:
     model = ExportedModel(args.model_dir)
     if args.question:
-        _check_fits(model, [Ask(args.question, None, args.max_new_tokens)])
-        console.print(model.answer(args.question, max_new_tokens=args.max_new_tokens), markup=False)
+        ask = Ask(args.question, None, args.max_new_tokens)
+        _check_fits(model, [ask])
+        _print_answer(model, ask, console)
         return 0
     console.print(f"[bold]{escape(model.name)}[/]: ask a question (empty line or Ctrl-D to stop).")
     console.print("[dim]Demo model output, not medical advice.[/]")
@@ -141,8 +160,22 @@ def run_generate(args, console: Console) -> int:
         except UserError as e:  # at the prompt: say so and ask again
             console.print(f"[red]{escape(str(e))}[/]")
             continue
-        console.print(model.answer(question, max_new_tokens=args.max_new_tokens), markup=False)
+        _print_answer(model, Ask(question, None, args.max_new_tokens), console)
     return 0
+
+
+def _print_answer(model: ExportedModel, ask: Ask, console: Console) -> None:
+    """Print the answer as it is generated, a piece of text for each token that adds one."""
+    shown = ""
+
+    def on_step(_start: int, partials: list[Completion]) -> None:
+        nonlocal shown
+        if piece := grown(shown, partials[0].text):
+            console.print(piece, end="", markup=False)
+            shown += piece
+
+    done = model.complete_many([ask], on_step=on_step)[0]
+    console.print(grown(shown, done.text), markup=False)
 
 
 def _check_fits(model: ExportedModel, asks: list[Ask]) -> None:

@@ -18,8 +18,10 @@ Requests that arrive together are answered in one batch (`serve.batch`; the resp
 import asyncio
 import json
 import signal
+import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +32,7 @@ from ray import serve
 from rich.console import Console
 
 from trainables.evaluation import Completion
-from tune.generate import Ask
+from tune.generate import Ask, grown
 
 __all__ = ["ChatRequest", "build_app", "run_serve"]
 
@@ -86,21 +88,47 @@ class ChatRequest(BaseModel):
 
 # Above the deployment class: Serve pickles it by value as it is decorated, while this module
 # is still being imported, so a name defined below it would be missing in the replica.
-def _stream_events(head: dict, text: str, finish: str, usage: dict | None) -> list[str]:
-    """The answer as OpenAI's server-sent chat.completion.chunk events: the whole answer in one
-    chunk (answers are generated in batches, not token by token), then the finish_reason,
-    then, when asked with stream_options.include_usage, the usage; then [DONE]."""
+async def _stream_events(
+    head: dict, steps: AsyncIterator[Completion], with_usage: bool, gone: threading.Event
+) -> AsyncIterator[str]:
+    """The answer as OpenAI's server-sent chat.completion.chunk events, a chunk for each piece
+    of text as it is generated, then the finish_reason, then (when asked with
+    stream_options.include_usage) the usage; then [DONE]. A client that leaves sets `gone`,
+    which ends its answer at the next token."""
     chunk = {**head, "object": "chat.completion.chunk"}
-    if usage is not None:
+    if with_usage:
         chunk["usage"] = None  # as OpenAI: null on every chunk but the last
-    delta = {"role": "assistant", "content": text}
-    chunks = [
-        {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
-        {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]},
-    ]
-    if usage is not None:
-        chunks.append({**chunk, "choices": [], "usage": usage})
-    return [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
+
+    def event(choices: list, **extra) -> str:
+        return f"data: {json.dumps({**chunk, 'choices': choices, **extra})}\n\n"
+
+    try:
+        yield event(
+            [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+        )
+        sent, done = "", None
+        async for done in steps:
+            if piece := grown(sent, done.text):
+                yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+                sent += piece
+        yield event([{"index": 0, "delta": {}, "finish_reason": _finish(done)}])
+        if with_usage:
+            yield event([], usage=_usage(done))
+        yield "data: [DONE]\n\n"
+    finally:
+        gone.set()
+
+
+def _finish(done: Completion) -> str:
+    return "stop" if done.stopped else "length"  # OpenAI's: "length" when max_tokens cut it
+
+
+def _usage(done: Completion) -> dict:
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
 
 
 api = FastAPI(title="medtune")
@@ -134,40 +162,61 @@ class ChatDeployment:
                 400,
                 f"the conversation: {why}; send fewer or shorter messages, or a lower max_tokens",
             )
-        done, batch = await self.complete(ask)
+        gone = threading.Event()  # set when the client has its answer or has left
+        steps = self.complete(ask, gone)
+        batch = await anext(steps)  # the batch's size comes first, before any token
         head = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "created": int(time.time()),
             "model": request.model or self.model.name,
         }
-        # OpenAI's: "length" when max_tokens cut the answer short.
-        finish = "stop" if done.stopped else "length"
-        usage = {
-            "prompt_tokens": done.prompt_tokens,
-            "completion_tokens": done.completion_tokens,
-            "total_tokens": done.prompt_tokens + done.completion_tokens,
-        }
         batch_header = {"x-medtune-batch-size": str(batch)}  # how many were answered with it
         if request.stream:
             with_usage = bool(request.stream_options and request.stream_options.include_usage)
-            events = _stream_events(head, done.text, finish, usage if with_usage else None)
-            return StreamingResponse(
-                iter(events), media_type="text/event-stream", headers=batch_header
-            )
+            events = _stream_events(head, steps, with_usage, gone)
+            return StreamingResponse(events, media_type="text/event-stream", headers=batch_header)
+        try:
+            done = [partial async for partial in steps][-1]
+        finally:
+            gone.set()
         response.headers.update(batch_header)
         message = {"role": "assistant", "content": done.text}
         return {
             **head,
             "object": "chat.completion",
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": usage,
+            "choices": [{"index": 0, "message": message, "finish_reason": _finish(done)}],
+            "usage": _usage(done),
         }
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def complete(self, asks: list[Ask]) -> list[tuple[Completion, int]]:
+    async def complete(
+        self, asks: list[Ask], gone: list[threading.Event]
+    ) -> AsyncIterator[list[int | Completion | type[StopIteration]]]:
+        """Answers the questions that arrived together in one batch, yielding first the batch's
+        size to each, then each answer so far after every generated token until it is final;
+        an answer whose client left (`gone`) ends at the next token."""
+        loop = asyncio.get_running_loop()
+        steps: asyncio.Queue = asyncio.Queue()
+
+        def on_step(_start: int, partials: list[Completion]) -> None:  # generation's thread
+            loop.call_soon_threadsafe(steps.put_nowait, partials)
+
         # In a thread: the event loop keeps taking requests, which make the next batch.
-        completions = await asyncio.to_thread(self.model.complete_many, asks)
-        return [(c, len(asks)) for c in completions]
+        job = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.model.complete_many, asks, on_step=on_step, dropped=lambda i: gone[i].is_set()
+            )
+        )
+        job.add_done_callback(lambda _: steps.put_nowait(None))
+        yield [len(asks)] * len(asks)
+        ended = [False] * len(asks)
+        while (partials := await steps.get()) is not None:
+            yield [StopIteration if end else p for p, end in zip(partials, ended, strict=True)]
+            ended = [
+                end or p.stopped or p.completion_tokens >= a.max_new_tokens
+                for p, a, end in zip(partials, asks, ended, strict=True)
+            ]
+        job.result()  # a generation that failed fails its requests
 
 
 def build_app(model_dir: Path):

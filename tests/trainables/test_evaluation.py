@@ -125,3 +125,64 @@ def test_completions_count_their_tokens_and_say_why_they_ended(tiny_model_path, 
     assert ids[enc["input_ids"].shape[1] :] == [first, first, repeated]
     assert (stopped.completion_tokens, stopped.stopped) == (2, True)
     assert stopped.text == tiny_tokenizer.decode([first, first]).strip() != ""
+
+
+def test_answers_are_followed_token_by_token_and_end_when_dropped(tiny_model_path, tiny_tokenizer):
+    """`on_step` sees every generated token's answers so far, each a prefix of the final
+    text; a batch stops once every row met its limit (5 steps here, not max_new_tokens); a
+    dropped row ends at its next token, and a batch of dropped rows stops."""
+    model = load_model(tiny_model_path)
+    records = [
+        Record(id=str(i), question=q, answer="", group=str(i), source="t")
+        for i, q in enumerate(["What is gout?", "How is a long-lasting cough in adults treated?"])
+    ]
+    steps = []
+    done = generate_completions(
+        model,
+        tiny_tokenizer,
+        records,
+        max_new_tokens=9,
+        limits=[2, 5],
+        on_step=lambda start, partials: steps.append((start, partials)),
+    )
+    assert done == generate_completions(
+        model, tiny_tokenizer, records, max_new_tokens=9, limits=[2, 5]
+    )
+    assert [start for start, _ in steps] == [0] * 5
+    assert [[p.completion_tokens for p in ps] for _, ps in steps] == [
+        [1, 1],
+        [2, 2],
+        [2, 3],
+        [2, 4],
+        [2, 5],
+    ]
+    assert steps[-1][1] == done
+    for _, partials in steps:
+        for partial, final in zip(partials, done, strict=True):
+            assert final.text.startswith(partial.text)
+    assert steps[1][1][0] == done[0]  # final once it met its limit
+
+    gone = generate_completions(
+        model, tiny_tokenizer, records, max_new_tokens=9, dropped=lambda i: i == 1
+    )
+    assert [c.completion_tokens for c in gone] == [9, 1]
+    steps.clear()
+    generate_completions(
+        model,
+        tiny_tokenizer,
+        records,
+        max_new_tokens=9,
+        on_step=lambda start, partials: steps.append(partials),
+        dropped=lambda i: True,
+    )
+    assert len(steps) == 1
+
+
+def test_an_unfinished_answer_shows_only_what_later_tokens_keep():
+    from trainables.evaluation import _settled
+
+    assert _settled(" Asthma is a\ufffd", tidies=False) == "Asthma is a"
+    assert _settled("Asthma is \n", tidies=False) == "Asthma is"
+    # A tokenizer that tidies spaces turns "do n't" into "don't": the last word waits.
+    assert _settled("I do n", tidies=True) == "I do"
+    assert _settled("Asthma", tidies=True) == ""

@@ -73,6 +73,44 @@ def test_generate_answers_one_question(sweep):
     assert proc.stdout.strip()
 
 
+def test_generate_prints_the_answer_as_it_is_generated(sweep):
+    """One question's answer is written piece by piece as its tokens come (the pieces
+    `complete_many(on_step=)` sees grow), not once it is whole."""
+    import argparse
+    import io
+
+    from tune.console import make_console
+    from tune.generate import Ask, ExportedModel, run_generate
+
+    class Writes(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+            return super().write(text)
+
+    out, _ = sweep
+    grown = []
+    ExportedModel(out / "export").complete_many(
+        [Ask("What is asthma?", max_new_tokens=8)],
+        on_step=lambda _, partials: grown.append(partials[0].text),
+    )
+    pieces = [text for before, text in zip([""] + grown, grown, strict=False) if text != before]
+    assert len(pieces) > 1  # else the test would not tell a stream from one write
+    file = Writes()
+    console = make_console()
+    console.file = file
+    args = argparse.Namespace(
+        model_dir=out / "export", question="What is asthma?", max_new_tokens=8
+    )
+    assert run_generate(args, console) == 0
+    written = [w for w in file.writes if w]
+    assert ["".join(written[: n + 1]) for n in range(len(pieces))] == pieces
+    assert file.getvalue() == pieces[-1] + "\n"
+
+
 def test_generate_reads_questions_until_an_empty_line(sweep):
     out, _ = sweep
     proc = _medtune(

@@ -184,19 +184,32 @@ def _stream(url, body):
 
 
 def test_a_streamed_answer_is_openais_server_sent_chunks(server, sweep):
-    from tune.generate import ExportedModel
+    """The answer comes as it is generated: a chunk for each token that adds text, the same
+    pieces `ExportedModel.complete_many(on_step=)` sees grow, then the finish_reason."""
+    from tune.generate import Ask, ExportedModel
 
-    expected = ExportedModel(sweep[0] / "export").complete("What is acne?", max_new_tokens=5)
+    grown = []
+    expected = ExportedModel(sweep[0] / "export").complete_many(
+        [Ask("What is acne?", max_new_tokens=5)],
+        on_step=lambda _, partials: grown.append(partials[0].text),
+    )[0]
+    pieces = [text for before, text in zip([""] + grown, grown, strict=False) if text != before]
+    assert len(pieces) > 1  # else the test would not tell a stream from one chunk
     body = {"messages": [{"role": "user", "content": "What is acne?"}], "max_tokens": 5}
     chunks = _stream(f"{server}/v1/chat/completions", {**body, "stream": True})
     assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
     assert len({c["id"] for c in chunks}) == 1
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == expected.text
-    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    assert [c["choices"][0]["finish_reason"] for c in chunks] == [
-        None,
-        "stop" if expected.stopped else "length",
-    ]
+    role, *answer, end = (c["choices"][0] for c in chunks)
+    assert role["delta"] == {"role": "assistant", "content": ""}
+    deltas = [c["delta"]["content"] for c in answer]
+    assert [c["finish_reason"] for c in answer] == [None] * len(answer)
+    assert ["".join(deltas[: n + 1]) for n in range(len(deltas))] == pieces
+    assert pieces[-1] == expected.text
+    assert end == {
+        "index": 0,
+        "delta": {},
+        "finish_reason": "stop" if expected.stopped else "length",
+    }
     assert all("usage" not in c for c in chunks)
 
     options = {**body, "stream": True, "stream_options": {"include_usage": True}}
