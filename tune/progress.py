@@ -44,6 +44,9 @@ class SweepProgress(Callback):
         self.started = 0
         self.numbers: dict[str, int] = {}
         self.waiting: set[str] = set()
+        # The line of a waiting trial ASHA stopped, held until the result that decided it (the
+        # scheduler sees a result before the callbacks do) has its own line.
+        self.held: list[str] = []
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks into the experiment state; a console holds locks.
@@ -68,7 +71,13 @@ class SweepProgress(Callback):
         # New, or restored before its first report (a resumed sweep): it starts afresh.
         self.console.print(f"[bold]▶ {self._name(trial)}[/] {format_params(trial.config)}")
 
+    def _print_held(self) -> None:
+        for line in self.held:
+            self.console.print(line)
+        self.held.clear()
+
     def on_step_end(self, iteration, trials, **info):
+        self._print_held()
         # Ray has no pause hook; a trial turns PAUSED only when ASHA holds it to be compared.
         for trial in trials:
             if trial.status == "PAUSED" and trial.trial_id not in self.waiting:
@@ -84,6 +93,7 @@ class SweepProgress(Callback):
             f"{self.metric} {result[self.metric]:.4f}  train_loss {result['train_loss']:.4f}  "
             f"{result['tokens_per_second']:.0f} tok/s"
         )
+        self._print_held()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -91,7 +101,14 @@ class SweepProgress(Callback):
         how = "finished" if step >= self.max_steps else "stopped early by the scheduler"
         best = trial.metric_analysis.get(self.metric, {}).get(getattr(self, "mode", "min"))
         best_text = f", best {self.metric} {best:.4f}" if best is not None else ""
-        self.console.print(f"[green]✓ {self._name(trial)}[/] {how} at step {step}{best_text}")
+        line = f"[green]✓ {self._name(trial)}[/] {how} at step {step}{best_text}"
+        if trial.trial_id in self.waiting:
+            self.held.append(line)
+        else:
+            self.console.print(line)
+
+    def on_experiment_end(self, trials, **info):
+        self._print_held()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # Tune has just written the error beside the driver; `trial.get_error()` reads the
