@@ -271,7 +271,13 @@ DECISIONS = ("yes", "no", "maybe")
 
 
 def decision_scores(
-    model, tokenizer, records: list[Record], *, max_length: int, system_prompt: str | None = None
+    model,
+    tokenizer,
+    records: list[Record],
+    *,
+    max_length: int,
+    system_prompt: str | None = None,
+    on_batch: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """PubMedQA-style yes/no/maybe: accuracy and macro-F1 over `records` (with `label`).
 
@@ -283,7 +289,7 @@ def decision_scores(
     encoded = encode_decisions(
         tokenizer, records, max_length=max_length, system_prompt=system_prompt
     )
-    return decision_accuracy(model, encoded, tokenizer.pad_token_id)
+    return decision_accuracy(model, encoded, tokenizer.pad_token_id, on_batch=on_batch)
 
 
 def encode_decisions(

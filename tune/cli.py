@@ -27,7 +27,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from tune.console import make_console
+from tune.console import duration, make_console
 from tune.run_lock import refuse_if_held, sweep_lock
 
 __all__ = ["main", "run"]
@@ -288,7 +288,7 @@ def _sweep(args, console: Console) -> int:
 def _finish(args, cfg, summary: dict, out: Path, started: float, console: Console) -> int:
     """The sweep's closing lines and exit code, then the export unless `--no-export`."""
     best = summary["best"]
-    took = _duration(time.monotonic() - started) + (" this run" if args.resume else "")
+    took = duration(time.monotonic() - started) + (" this run" if args.resume else "")
     if summary["interrupted"]:
         return _interrupted(summary, out, cfg.search.num_samples, took, console)
     if best is None or summary["errored"] == len(summary["trials"]):
@@ -306,16 +306,6 @@ def _finish(args, cfg, summary: dict, out: Path, started: float, console: Consol
         console.print(f"Export later with: medtune export {out}", markup=False)
         return 0
     return _export(out, console, None)
-
-
-def _duration(seconds: float) -> str:
-    """`52 s`, `4 min 2 s`, `1 h 3 min`."""
-    s = round(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s"
-    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def _num_samples(override: str) -> int:

@@ -24,18 +24,20 @@ from pathlib import Path
 from peft import PeftModel
 from ray.tune import ExperimentAnalysis, ResultGrid
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from trainables.data import read_jsonl
 from trainables.evaluation import (
     answer_loss,
     decision_scores,
-    generate_answers,
+    generate_completions,
     perplexity,
     rouge,
 )
 from trainables.models import load_model, load_tokenizer, prepare_model, silence_peft_deprecation
 from tune.config import SweepConfig, load_saved_config
 from tune.confirm import run_confirmation
+from tune.console import duration
 from tune.data_report import encode_splits
 from tune.errors import UserError
 from tune.export_layout import PROMPT_FILE, check_sweep_finished, check_trial
@@ -149,12 +151,10 @@ def export_best(
     # From the token cache the sweep filled (same test split, tokenizer and settings).
     examples = encode_splits(cfg, tokenizer, {"test": test})["test"].examples
     samples = test[: cfg.export.generate_samples]
-    with console.status("Scoring the base model on the test split"):
-        base = _score(model, tokenizer, examples, samples, test, cfg)
+    base = _score(model, tokenizer, examples, samples, test, cfg, console, "the base model")
     with silence_peft_deprecation():
         model = PeftModel.from_pretrained(model, str(checkpoint))
-    with console.status("Scoring the tuned model on the test split"):
-        tuned = _score(model, tokenizer, examples, samples, test, cfg)
+    tuned = _score(model, tokenizer, examples, samples, test, cfg, console, "the tuned model")
     metrics = {
         "run": cfg.run.name,
         "model": cfg.model.name,
@@ -212,29 +212,72 @@ def _write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text("\n".join(lines) + "\n")
 
 
-def _score(model, tokenizer, examples, samples, test, cfg: SweepConfig) -> dict:
-    loss = answer_loss(model, examples, cfg.export.batch_size, tokenizer.pad_token_id)
-    answers = generate_answers(
-        model,
-        tokenizer,
-        samples,
-        max_new_tokens=cfg.export.max_new_tokens,
-        batch_size=cfg.export.batch_size,
-        system_prompt=cfg.data.system_prompt,
+def _score(
+    model, tokenizer, examples, samples, test, cfg: SweepConfig, console: Console, who: str
+) -> dict:
+    """`who`'s test metrics and sample answers, with a progress bar for each part (on a
+    large test split this takes minutes on a CPU) and a line saying what was scored."""
+    started = time.monotonic()
+    size = cfg.export.batch_size
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
     )
-    scores = rouge(answers, [r.answer for r in samples]) if samples else {}
-    if cfg.data.source == "pubmedqa" and cfg.data.task == "decision":
-        scores |= decision_scores(
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"Scoring {who} on the test split", total=len(examples))
+        loss = answer_loss(
+            model, examples, size, tokenizer.pad_token_id, on_batch=_ticks(progress, task, size)
+        )
+        task = progress.add_task(f"Answering test questions with {who}", total=len(samples))
+
+        def answered(start: int, partials: list) -> None:
+            done = (p.stopped or p.completion_tokens >= cfg.export.max_new_tokens for p in partials)
+            progress.update(task, completed=start + sum(done))
+
+        completions = generate_completions(
             model,
             tokenizer,
-            test,
-            max_length=cfg.data.max_length,
+            samples,
+            max_new_tokens=cfg.export.max_new_tokens,
+            batch_size=size,
             system_prompt=cfg.data.system_prompt,
+            on_step=answered,
         )
+        answers = [c.text for c in completions]
+        scores = rouge(answers, [r.answer for r in samples]) if samples else {}
+        if cfg.data.source == "pubmedqa" and cfg.data.task == "decision":
+            task = progress.add_task(f"Reading {who}'s yes/no/maybe decisions", total=len(test))
+            scores |= decision_scores(
+                model,
+                tokenizer,
+                test,
+                max_length=cfg.data.max_length,
+                system_prompt=cfg.data.system_prompt,
+                on_batch=_ticks(progress, task, 1),
+            )
+    console.print(
+        f"Scored {who} on {len(examples)} test examples and {len(samples)} answers in "
+        f"{duration(time.monotonic() - started)}"
+    )
     return {
         "metrics": {"test_loss": loss, "test_perplexity": perplexity(loss), **scores},
         "answers": answers,
     }
+
+
+def _ticks(progress: Progress, task, size: int):
+    """An `on_batch` (called as each batch begins) that moves `task` on by the batch before."""
+    begun = False
+
+    def tick() -> None:
+        nonlocal begun
+        if begun:
+            progress.advance(task, size)
+        begun = True
+
+    return tick
 
 
 def _write_export(

@@ -71,15 +71,6 @@ def test_help_lists_the_commands(workdir):
     assert "sweep" in proc.stdout and "export" in proc.stdout
 
 
-@pytest.mark.parametrize(
-    "seconds, shown", [(0.4, "0 s"), (52.6, "53 s"), (242, "4 min 2 s"), (3790, "1 h 3 min")]
-)
-def test_a_sweep_s_time_is_shown_in_words(seconds, shown):
-    from tune.cli import _duration
-
-    assert _duration(seconds) == shown
-
-
 def test_a_second_ctrl_c_quits_with_130_and_no_traceback(monkeypatch, capsys):
     # The first Ctrl-C of a running sweep stops it gracefully (tests/tune/test_interrupt.py);
     # a second one, or one before Tune listens, arrives as KeyboardInterrupt.

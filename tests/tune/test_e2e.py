@@ -63,6 +63,8 @@ def test_each_event_is_one_line_in_a_piped_log(sweep):
     out, stdout = sweep
     lines = stdout.splitlines()
     trial = r"trial [0-9a-f_]+"
+    metrics = json.loads((out / "export" / "metrics.json").read_text())
+    scored = f"on {metrics['test_examples']} test examples and {metrics['generated_examples']}"
     patterns = [
         rf"Sweep e2e: {SAMPLES} trials of tiny-random on demo \(\d+ train / \d+ validation "
         rf"examples\), asha scheduler, results in {re.escape(str(out))}",
@@ -72,6 +74,8 @@ def test_each_event_is_one_line_in_a_piped_log(sweep):
         rf"Best eval_loss \d+\.\d{{4}} \({trial}\)\.",
         rf"Chosen: {trial} at step \d+ \(eval_loss \d+\.\d{{4}}\), checkpoint "
         rf"{re.escape(str(out))}/confirm/confirm_\w+/checkpoint_\d+",  # confirmation's winner
+        rf"Scored the base model {scored} answers in (\d+ min )?\d+ s",
+        rf"Scored the tuned model {scored} answers in (\d+ min )?\d+ s",
         rf"Exported to {re.escape(str(out))}/export \(merged model, adapter/, metrics\.json, "
         r"README\.md\)",
     ]
