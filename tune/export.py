@@ -34,7 +34,14 @@ from trainables.evaluation import (
     perplexity,
     rouge,
 )
-from trainables.models import load_model, load_tokenizer, prepare_model, silence_peft_deprecation
+from trainables.models import (
+    cache_root,
+    load_model,
+    load_tokenizer,
+    prepare_model,
+    silence_peft_deprecation,
+)
+from tune.base_scores import base_scores_key, read_base_scores, write_base_scores
 from tune.config import SweepConfig, load_saved_config
 from tune.confirm import run_confirmation
 from tune.console import duration
@@ -149,9 +156,10 @@ def export_best(
     model = load_model(model_path, trust_remote_code=cfg.model.trust_remote_code)
 
     # From the token cache the sweep filled (same test split, tokenizer and settings).
-    examples = encode_splits(cfg, tokenizer, {"test": test})["test"].examples
+    split = encode_splits(cfg, tokenizer, {"test": test})["test"]
+    examples = split.examples
     samples = test[: cfg.export.generate_samples]
-    base = _score(model, tokenizer, examples, samples, test, cfg, console, "the base model")
+    base = _base_score(model_path, split, model, tokenizer, samples, test, cfg, console)
     with silence_peft_deprecation():
         model = PeftModel.from_pretrained(model, str(checkpoint))
     tuned = _score(model, tokenizer, examples, samples, test, cfg, console, "the tuned model")
@@ -265,6 +273,29 @@ def _score(
         "metrics": {"test_loss": loss, "test_perplexity": perplexity(loss), **scores},
         "answers": answers,
     }
+
+
+def _base_score(
+    model_path: str, split, model, tokenizer, samples, test, cfg: SweepConfig, console: Console
+) -> dict:
+    """`_score` of the base model, or the same scores kept from an earlier export
+    (`tune/base_scores.py`)."""
+    settings = {
+        "batch_size": cfg.export.batch_size,
+        "max_new_tokens": cfg.export.max_new_tokens,
+        "decisions": cfg.data.source == "pubmedqa" and cfg.data.task == "decision",
+    }
+    key = base_scores_key(model_path, Path(split.cache_file).stem, samples, settings)
+    folder = cache_root(cfg.model) / "base_scores"
+    if kept := read_base_scores(folder, key):
+        console.print(
+            f"The base model's test scores: kept from an export at {kept['scored_at']} (the "
+            "same model, test split and settings)"
+        )
+        return {"metrics": kept["metrics"], "answers": kept["answers"]}
+    scores = _score(model, tokenizer, split.examples, samples, test, cfg, console, "the base model")
+    write_base_scores(folder, key, scores)
+    return scores
 
 
 def _ticks(progress: Progress, task, size: int):

@@ -230,6 +230,12 @@ def test_export_of_a_trial_chosen_by_hand(sweep, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"Chosen: trial {other['trial_id']} " in proc.stdout
     metrics = json.loads((dest / "metrics.json").read_text())
+    # The base model's half of the scoring is the sweep's own export's, kept, not redone.
+    assert "The base model's test scores: kept from an export at " in proc.stdout
+    assert "Scored the base model" not in proc.stdout and "Scored the tuned model" in proc.stdout
+    first = json.loads((out / "export" / "metrics.json").read_text())
+    assert metrics["base"] == first["base"]
+    assert [s["base"] for s in metrics["samples"]] == [s["base"] for s in first["samples"]]
     chosen = metrics["best_trial"]
     assert metrics["chosen_by"] == "--trial" and metrics["confirmation"] is None
     assert chosen["trial_id"] == other["trial_id"]
