@@ -24,7 +24,13 @@ from pathlib import Path
 from peft import PeftModel
 from ray.tune import ExperimentAnalysis, ResultGrid
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from trainables.data import read_jsonl
 from trainables.evaluation import (
@@ -230,13 +236,20 @@ def _score(
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TaskProgressColumn(),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(f"Scoring {who} on the test split", total=len(examples))
+        # Counted in padded tokens, in the order answer_loss takes them (shortest first), so
+        # the time left is not read off the short examples that come first.
+        lengths = sorted(len(e["input_ids"]) for e in examples)
+        work = [
+            lengths[i : i + size][-1] * len(lengths[i : i + size])
+            for i in range(0, len(lengths), size)
+        ]
+        task = progress.add_task(f"Scoring {who} on {len(examples)} test examples", total=sum(work))
         loss = answer_loss(
-            model, examples, size, tokenizer.pad_token_id, on_batch=_ticks(progress, task, size)
+            model, examples, size, tokenizer.pad_token_id, on_batch=_ticks(progress, task, work)
         )
         task = progress.add_task(f"Answering test questions with {who}", total=len(samples))
 
@@ -263,7 +276,7 @@ def _score(
                 test,
                 max_length=cfg.data.max_length,
                 system_prompt=cfg.data.system_prompt,
-                on_batch=_ticks(progress, task, 1),
+                on_batch=_ticks(progress, task, [1] * len(test)),
             )
     console.print(
         f"Scored {who} on {len(examples)} test examples and {len(samples)} answers in "
@@ -298,15 +311,16 @@ def _base_score(
     return scores
 
 
-def _ticks(progress: Progress, task, size: int):
-    """An `on_batch` (called as each batch begins) that moves `task` on by the batch before."""
-    begun = False
+def _ticks(progress: Progress, task, work: list[int]):
+    """An `on_batch` (called as each batch begins) that moves `task` on by the work of the
+    batch before (`work`: each batch's, in order)."""
+    begun = 0
 
     def tick() -> None:
         nonlocal begun
         if begun:
-            progress.advance(task, size)
-        begun = True
+            progress.advance(task, work[begun - 1])
+        begun += 1
 
     return tick
 
