@@ -239,7 +239,9 @@ def _score(
         TaskProgressColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as progress:
+    # Without a terminal (a log) the bars would leave only blank lines.
+    bars = Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
+    with bars as progress:
         # Counted in padded tokens, in the order answer_loss takes them (shortest first), so
         # the time left is not read off the short examples that come first.
         lengths = sorted(len(e["input_ids"]) for e in examples)

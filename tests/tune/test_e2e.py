@@ -85,6 +85,10 @@ def test_each_event_is_one_line_in_a_piped_log(sweep):
     for pattern in patterns:
         assert any(re.fullmatch(pattern, line) for line in lines), (pattern, stdout[-3000:])
     assert any(re.fullmatch(rf"✓ trial \d/{SAMPLES} (finished|stopped early).*", x) for x in lines)
+    # The scoring's progress bars draw only in a terminal: in a log, not even a blank line.
+    chosen = next(i for i, line in enumerate(lines) if line.startswith("Chosen: "))
+    assert re.fullmatch(patterns[4], lines[chosen + 1]), lines[chosen : chosen + 3]
+    assert re.fullmatch(patterns[5], lines[chosen + 2]), lines[chosen : chosen + 3]
 
 
 def test_start_up_trials_are_the_stratified_points(sweep):
