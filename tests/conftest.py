@@ -111,6 +111,39 @@ def tiny_tokenizer(tiny_model_path):
     return load_tokenizer(tiny_model_path)
 
 
+def answering_brackets(export, dest):
+    """A copy of the model folder `export` (an export, or the tiny model) whose model answers
+    "[/][/][/]..." to any question: every layer's output projections are zero, so the last
+    hidden state is the current token's embedding, and untied one-hot embeddings and head map
+    any token to "[", "[" to "/", "/" to "]" and "]" to "[" again. Text rich would read as
+    markup (a closing tag with none open)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    shutil.copytree(export, dest)
+    tokenizer = AutoTokenizer.from_pretrained(dest)
+    model = AutoModelForCausalLM.from_pretrained(dest)
+    model.config.tie_word_embeddings = False
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in "[/]"]
+    embed = torch.zeros(len(tokenizer), model.config.hidden_size)
+    embed[:, 3] = 1.0
+    head = torch.zeros_like(embed)
+    head[ids[0], 3] = 1.0
+    for k, token in enumerate(ids):
+        embed[token] = torch.nn.functional.one_hot(torch.tensor(k), embed.shape[1])
+        head[ids[(k + 1) % 3], k] = 1.0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.zero_()
+    model.get_input_embeddings().weight = torch.nn.Parameter(embed)
+    model.lm_head.weight = torch.nn.Parameter(head)
+    model.save_pretrained(dest, safe_serialization=True)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def ray_2_cpus():
     """A local Ray with 2 CPUs (as Ray's own `ray_start_2_cpus`), shared by the modules that

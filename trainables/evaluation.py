@@ -73,7 +73,7 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int  # the answer's tokens, the end-of-sequence token not counted
-    stopped: bool  # it ended at an end-of-sequence token, not at max_new_tokens
+    stopped: bool  # it ended at an end-of-sequence token or a stop string, not max_new_tokens
 
 
 def generate_answers(
@@ -110,6 +110,7 @@ def generate_completions(
     histories: list[Sequence[dict]] | None = None,
     on_step: Callable[[int, list[Completion]], None] | None = None,
     dropped: Callable[[int], bool] | None = None,
+    stops: list[Sequence[str]] | None = None,
 ) -> list[Completion]:
     """`generate_answers` with each answer's token counts and why it ended.
 
@@ -120,7 +121,9 @@ def generate_completions(
     batch that begins at record `start` so far (`Completion.text` holds only what later tokens
     cannot change; an answer is final once it has stopped or met its limit). `dropped(i)`:
     whether record `i`'s answer is no longer wanted (its client left); it ends at the next
-    token, and a batch whose answers are all ended stops."""
+    token, and a batch whose answers are all ended stops. `stops`: each record's stop
+    strings (OpenAI's `stop`): its answer ends once one appears and is cut before it, as
+    `stopped`; a growing answer never shows the start of one."""
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -155,7 +158,8 @@ def generate_completions(
                 for i in range(len(chunk))
             ]
             prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
-            follow = _Answers(tokenizer, eos, caps, prompt_tokens)
+            row_stops = [tuple(stops[start + i]) if stops else () for i in range(len(chunk))]
+            follow = _Answers(tokenizer, eos, caps, prompt_tokens, row_stops)
             rows_done = _RowsDone(follow, enc["input_ids"].shape[1], start, dropped)
             out = model.generate(
                 **enc,
@@ -175,29 +179,56 @@ def generate_completions(
 
 class _Answers:
     """A batch's answers read from its generated token ids: each cut at its first
-    end-of-sequence token or at its limit, and decoded."""
+    end-of-sequence token, stop string or limit, and decoded."""
 
-    def __init__(self, tokenizer, eos: set[int], limits: list[int], prompt_tokens: list[int]):
+    def __init__(
+        self,
+        tokenizer,
+        eos: set[int],
+        limits: list[int],
+        prompt_tokens: list[int],
+        stops: list[tuple[str, ...]],
+    ):
         self.tokenizer = tokenizer
         self.eos = eos
         self.limits = limits
         self.prompt_tokens = prompt_tokens
+        self.stops = stops
         # Tokenizers that tidy spaces ("do n't" -> "don't") change text before later tokens.
         self.tidies = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
 
-    def completion(self, row: int, ids: list[int], *, final: bool) -> Completion:
-        """Row `row`'s answer in `ids` (its generated tokens so far). Unless `final` or ended,
-        its text is only the part that later tokens cannot change."""
+    def answer(self, row: int, ids: list[int]) -> tuple[list[int], str, bool]:
+        """Row `row`'s answer tokens in `ids` (its generated tokens so far), their text, and
+        whether an end-of-sequence token ended it (a row that ended is padded after it)."""
         ids = ids[: self.limits[row]]
-        # A row that ended is padded after its end-of-sequence token.
         end = next((i for i, t in enumerate(ids) if t in self.eos), None)
         answer = ids if end is None else ids[:end]
-        text = self.tokenizer.decode(answer, skip_special_tokens=True)
-        if final or end is not None or len(ids) == self.limits[row]:
+        return answer, self.tokenizer.decode(answer, skip_special_tokens=True), end is not None
+
+    def stop_at(self, row: int, text: str) -> int | None:
+        """Where the first of row `row`'s stop strings begins in `text`, if one is there."""
+        found = [i for i in (text.find(s) for s in self.stops[row]) if i >= 0]
+        return min(found) if found else None
+
+    def completion(self, row: int, ids: list[int], *, final: bool) -> Completion:
+        """Row `row`'s answer in `ids`. Unless `final` or ended, its text is only the part that
+        later tokens cannot change."""
+        answer, text, eos = self.answer(row, ids)
+        if (cut := self.stop_at(row, text)) is not None:
+            return Completion(text[:cut].strip(), self.prompt_tokens[row], len(answer), True)
+        if final or eos or len(answer) == self.limits[row]:
             text = text.strip()
         else:
-            text = _settled(text, self.tidies)
-        return Completion(text, self.prompt_tokens[row], len(answer), end is not None)
+            text = _settled(_before_stops(text, self.stops[row]), self.tidies)
+        return Completion(text, self.prompt_tokens[row], len(answer), eos)
+
+
+def _before_stops(text: str, stops: tuple[str, ...]) -> str:
+    """`text` without an ending that could be the start of a stop string."""
+    cut = 0
+    for stop in stops:
+        cut = max([cut] + [k for k in range(1, len(stop)) if text.endswith(stop[:k])])
+    return text[: len(text) - cut]
 
 
 def _settled(text: str, tidies: bool) -> str:
@@ -233,8 +264,8 @@ class _Steps(BaseStreamer):
 
 
 class _RowsDone(StoppingCriteria):
-    """Each row ends at its own limit, or as soon as its answer is dropped (which makes the
-    length it reached its limit)."""
+    """Each row ends at its own limit, or as soon as its answer holds a stop string or is
+    dropped (either makes the length it reached its limit)."""
 
     def __init__(self, answers: _Answers, prompt_length: int, start: int, dropped):
         self.answers = answers
@@ -245,9 +276,14 @@ class _RowsDone(StoppingCriteria):
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         length = input_ids.shape[1] - self.prompt_length
         limits = self.answers.limits
-        if self.dropped is not None:
-            for i in range(len(limits)):
-                if length < limits[i] and self.dropped(self.start + i):
+        for i in range(len(limits)):
+            if length >= limits[i]:
+                continue
+            if self.dropped is not None and self.dropped(self.start + i):
+                limits[i] = length
+            elif self.answers.stops[i]:
+                _, text, eos = self.answers.answer(i, input_ids[i, self.prompt_length :].tolist())
+                if not eos and self.answers.stop_at(i, text) is not None:
                     limits[i] = length
         return torch.tensor([length >= n for n in limits], device=input_ids.device)
 

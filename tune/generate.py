@@ -38,6 +38,7 @@ class Ask(NamedTuple):
     system: str | None = None  # None: the training system prompt
     max_new_tokens: int = 128
     history: tuple[dict, ...] = ()  # earlier messages: {"role": "user"/"assistant", "content"}
+    stop: tuple[str, ...] = ()  # strings that end the answer, cut before them (OpenAI's `stop`)
 
 
 class ExportedModel:
@@ -122,6 +123,7 @@ class ExportedModel:
             histories=[a.history for a in asks],
             on_step=on_step,
             dropped=dropped,
+            stops=[a.stop for a in asks],
         )
 
 

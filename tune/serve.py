@@ -3,7 +3,8 @@
 OpenAI-compatible `POST /v1/chat/completions`, `GET /v1/models` and `GET /healthz`, bound to
 127.0.0.1 unless `--host` says otherwise. The last user message is answered after the
 conversation before it (the chat template's turns, or the plain template's earlier questions
-and answers); `"stream": true` gets server-sent events. Malformed requests, and
+and answers); `"stream": true` gets server-sent events as the answer is generated, and
+`stop` strings end it. Malformed requests, and
 conversations longer than the model reads, get a 4xx with a JSON body saying what is wrong.
 Requests that arrive together are answered in one batch (`serve.batch`; the response's
 `x-medtune-batch-size` header says how many shared it).
@@ -64,6 +65,8 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, description="Greedy decoding only: 0 or absent.")
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # OpenAI's: up to 4 strings; the answer ends before the first that appears.
+    stop: str | list[str] | None = None
 
     @field_validator("temperature")
     @classmethod
@@ -75,6 +78,17 @@ class ChatRequest(BaseModel):
             )
         return v
 
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        stops = [v] if isinstance(v, str) else v or []
+        if len(stops) > 4 or any(not s or len(s) > 256 for s in stops):
+            raise ValueError(
+                f"got {v!r}; send up to 4 stop strings, each 1 to 256 characters, as OpenAI's "
+                "API takes them"
+            )
+        return v
+
     def ask(self) -> Ask:
         """The last user message, asked after the conversation before it, with the system
         messages (all of them, in order) in place of the training system prompt."""
@@ -83,7 +97,8 @@ class ChatRequest(BaseModel):
             raise HTTPException(400, "the last message must have role 'user'")
         system = "\n\n".join(m.content for m in self.messages if m.role == "system") or None
         history = tuple({"role": m.role, "content": m.content} for m in turns[:-1])
-        return Ask(turns[-1].content, system, self.max_tokens, history)
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return Ask(turns[-1].content, system, self.max_tokens, history, stop)
 
 
 # Above the deployment class: Serve pickles it by value as it is decorated, while this module

@@ -8,6 +8,7 @@ import pytest
 from trainables.data import Record
 from trainables.evaluation import (
     DECISIONS,
+    Completion,
     answer_loss,
     classification_scores,
     decision_scores,
@@ -186,3 +187,44 @@ def test_an_unfinished_answer_shows_only_what_later_tokens_keep():
     # A tokenizer that tidies spaces turns "do n't" into "don't": the last word waits.
     assert _settled("I do n", tidies=True) == "I do"
     assert _settled("Asthma", tidies=True) == ""
+
+
+def test_an_answer_ends_at_a_stop_string_and_never_shows_its_start(tiny_model_path, tmp_path):
+    """OpenAI's `stop`: the answer is cut before the first stop string, ends there (fewer
+    tokens than its budget, `stopped`), and while it grows no piece of text shows the start
+    of a stop string that a later token would take back."""
+    from tests.conftest import answering_brackets
+    from trainables.models import load_tokenizer
+
+    path = answering_brackets(tiny_model_path, tmp_path / "brackets")
+    model, tokenizer = load_model(str(path)), load_tokenizer(str(path))
+    records = [
+        Record(id=str(i), question=q, answer="", group=str(i), source="t")
+        for i, q in enumerate(["What is gout?", "How is a long-lasting cough in adults treated?"])
+    ]
+    free = generate_completions(model, tokenizer, records, max_new_tokens=12)
+    assert free[0].text == "[/]" * 4
+    steps = []
+    cut = generate_completions(
+        model,
+        tokenizer,
+        records,
+        max_new_tokens=12,
+        stops=[["/][/", "never in any answer"], []],
+        on_step=lambda _, partials: steps.append(partials),
+    )
+    # "[/][/" ends at the fifth token: the answer is what came before it.
+    assert cut[0] == Completion("[", free[0].prompt_tokens, 5, stopped=True)
+    assert cut[1] == free[1]  # a row without stop strings is as it was
+    for partials in steps:  # "[/" (which a later "][/" made a stop) was never shown
+        assert partials[0].text in ("", "[")
+        assert cut[1].text.startswith(partials[1].text)
+    assert steps[-1] == cut
+
+
+def test_a_growing_answer_holds_back_what_may_start_a_stop_string():
+    from trainables.evaluation import _before_stops
+
+    assert _before_stops("Gout is a joint dis", ("disease", "\n\n")) == "Gout is a joint "
+    assert _before_stops("Gout.\n", ("disease", "\n\n")) == "Gout."
+    assert _before_stops("Gout", ("disease",)) == "Gout"

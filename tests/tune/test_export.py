@@ -8,6 +8,7 @@ import subprocess
 import pytest
 from rich.console import Console
 
+from tests.conftest import answering_brackets
 from tests.tune.conftest import MEDTUNE
 from tune.errors import UserError
 
@@ -130,43 +131,11 @@ def test_generate_reads_questions_until_an_empty_line(sweep):
     assert proc.stdout.splitlines()[2:] == alone
 
 
-def _answering_brackets(export, dest):
-    """A copy of `export` whose model answers "[/][/][/]..." to any question: every layer's
-    output projections are zero, so the last hidden state is the current token's embedding,
-    and untied one-hot embeddings and head map any token to "[", "[" to "/", "/" to "]" and
-    "]" to "[" again. Text rich would read as markup (a closing tag with none open)."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    shutil.copytree(export, dest)
-    tokenizer = AutoTokenizer.from_pretrained(dest)
-    model = AutoModelForCausalLM.from_pretrained(dest)
-    model.config.tie_word_embeddings = False
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in "[/]"]
-    embed = torch.zeros(len(tokenizer), model.config.hidden_size)
-    embed[:, 3] = 1.0
-    head = torch.zeros_like(embed)
-    head[ids[0], 3] = 1.0
-    for k, token in enumerate(ids):
-        embed[token] = torch.nn.functional.one_hot(torch.tensor(k), embed.shape[1])
-        head[ids[(k + 1) % 3], k] = 1.0
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                p.zero_()
-    model.get_input_embeddings().weight = torch.nn.Parameter(embed)
-    model.lm_head.weight = torch.nn.Parameter(head)
-    model.save_pretrained(dest, safe_serialization=True)
-    return dest
-
-
 def test_generate_prints_the_answer_as_it_is_even_when_it_looks_like_markup(sweep, tmp_path):
     """Model output is text, not rich markup: "[/]" once raised rich's MarkupError, and an
     answer such as "[b]" vanished."""
     out, _ = sweep
-    model_dir = _answering_brackets(out / "export", tmp_path / "export[brackets]")
+    model_dir = answering_brackets(out / "export", tmp_path / "export[brackets]")
     from tune.generate import ExportedModel
 
     answer = ExportedModel(model_dir).answer("What is gout?", max_new_tokens=9)

@@ -222,6 +222,31 @@ def test_a_streamed_answer_is_openais_server_sent_chunks(server, sweep):
     }
 
 
+def test_an_answer_ends_before_a_stop_string(server, sweep):
+    """OpenAI's `stop` (a string or up to 4): the answer is cut before the first that
+    appears and ends there, `finish_reason` "stop", streamed or not."""
+    from tune.generate import Ask, ExportedModel
+
+    model = ExportedModel(sweep[0] / "export")
+    free = model.complete("What is acne?", max_new_tokens=8)
+    stop = free.text[len(free.text) // 2 :][:2]  # from the answer's second half
+    assert stop.strip(), free
+    expected = model.complete_many([Ask("What is acne?", max_new_tokens=8, stop=(stop,))])[0]
+    assert expected.stopped and expected.completion_tokens < free.completion_tokens
+    assert expected.text == free.text[: free.text.find(stop)].strip()
+    body = {"messages": [{"role": "user", "content": "What is acne?"}], "max_tokens": 8}
+    for given in (stop, [stop, "never in any answer"]):
+        status, answer = _request(f"{server}/v1/chat/completions", {**body, "stop": given})
+        assert status == 200, answer
+        (choice,) = answer["choices"]
+        assert choice["message"]["content"] == expected.text
+        assert choice["finish_reason"] == "stop"
+        assert answer["usage"]["completion_tokens"] == expected.completion_tokens
+    chunks = _stream(f"{server}/v1/chat/completions", {**body, "stop": stop, "stream": True})
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == expected.text
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
 def test_a_conversation_longer_than_the_model_reads_gets_a_400(server, sweep):
     from tune.generate import Ask, ExportedModel
 
@@ -248,6 +273,8 @@ def test_a_conversation_longer_than_the_model_reads_gets_a_400(server, sweep):
         ({"messages": [{"role": "doctor", "content": "hi"}]}, 422),
         ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 422),
         ({"messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}, 422),
+        ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, 422),
+        ({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}, 422),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, 400),
     ],
 )
