@@ -29,19 +29,24 @@ def test_a_restored_trial_keeps_its_number_and_one_without_a_report_starts_afres
     ]
 
 
-def test_a_waiting_trial_asha_stops_is_said_after_the_result_that_stopped_it():
-    """Tune gives a result to the scheduler before the callbacks: ASHA stops the trial that
-    waited at the rung (its completion comes first), then the progress hears of the result
-    that outranked it. The lines keep the order in which things happened."""
-    out = StringIO()
-    progress = SweepProgress(Console(file=out, width=200), "eval_loss", 40, 2)
-    a = SimpleNamespace(
+def _waiting_trial() -> SimpleNamespace:
+    """A trial ASHA holds at its first rung (step 10), best eval_loss 2.5."""
+    return SimpleNamespace(
         trial_id="a",
         config={"learning_rate": 1e-4},
         last_result={"step": 10},
         status="PAUSED",
         metric_analysis={"eval_loss": {"min": 2.5}},
     )
+
+
+def test_a_waiting_trial_asha_stops_is_said_after_the_result_that_stopped_it():
+    """Tune gives a result to the scheduler before the callbacks: ASHA stops the trial that
+    waited at the rung (its completion comes first), then the progress hears of the result
+    that outranked it. The lines keep the order in which things happened."""
+    out = StringIO()
+    progress = SweepProgress(Console(file=out, width=200), "eval_loss", 40, 2)
+    a = _waiting_trial()
     b = SimpleNamespace(
         trial_id="b", config={"learning_rate": 2e-4}, last_result=None, status="RUNNING"
     )
@@ -61,13 +66,7 @@ def test_a_waiting_trial_asha_stops_is_said_after_the_result_that_stopped_it():
 def test_a_held_line_is_printed_by_the_end_of_the_sweep():
     out = StringIO()
     progress = SweepProgress(Console(file=out, width=200), "eval_loss", 40, 1)
-    a = SimpleNamespace(
-        trial_id="a",
-        config={"learning_rate": 1e-4},
-        last_result={"step": 10},
-        status="PAUSED",
-        metric_analysis={"eval_loss": {"min": 2.5}},
-    )
+    a = _waiting_trial()
     progress.on_trial_start(0, [a], a)
     progress.on_step_end(0, [a])
     progress.on_trial_complete(0, [a], a)
