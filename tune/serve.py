@@ -28,7 +28,14 @@ from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from ray import serve
 from rich.console import Console
 
@@ -54,6 +61,21 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# OpenAI request fields this server cannot honour, each with the value that asks for nothing
+# and why: a request that asks for one of them gets a 422 saying so, rather than an answer
+# that silently lacks it. Fields not named here and not below (user, seed, top_p, metadata,
+# ...) change nothing about a greedy answer and are ignored.
+_NOT_HONOURED = {
+    "n": (1, "this server gives one answer per request (greedy decoding would repeat it)"),
+    "logprobs": (False, "this server does not return log probabilities"),
+    "frequency_penalty": (0, "this server applies no penalties (the greedy answer is given)"),
+    "presence_penalty": (0, "this server applies no penalties (the greedy answer is given)"),
+    "logit_bias": (None, "this server applies no logit bias"),
+    "tools": (None, "this model has no tool calling"),
+    "response_format": ({"type": "text"}, "answers are plain text; a format is not enforced"),
+}
+
+
 class ChatRequest(BaseModel):
     """The subset of OpenAI's chat request that a local model can honour."""
 
@@ -61,8 +83,17 @@ class ChatRequest(BaseModel):
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
-    max_tokens: int = Field(128, ge=1, le=1024)
+    max_tokens: int | None = Field(None, ge=1, le=1024, description="Default 128.")
+    # OpenAI's newer name for max_tokens, which its clients now send instead.
+    max_completion_tokens: int | None = Field(None, ge=1, le=1024)
     temperature: float | None = Field(None, description="Greedy decoding only: 0 or absent.")
+    n: int | None = None
+    logprobs: bool | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict | None = None
+    tools: list | None = None
+    response_format: dict | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     # OpenAI's: up to 4 strings; the answer ends before the first that appears.
@@ -77,6 +108,32 @@ class ChatRequest(BaseModel):
                 "so send temperature 0 or leave it out"
             )
         return v
+
+    @field_validator(*_NOT_HONOURED)
+    @classmethod
+    def _honoured(cls, v, info: ValidationInfo):
+        neutral, why = _NOT_HONOURED[info.field_name]
+        if v is not None and v != neutral and not (neutral is None and not v):
+            got = json.dumps(v)
+            got = got if len(got) <= 80 else got[:77] + "..."
+            fix = "leave it out" if neutral is None else f"send {json.dumps(neutral)} or none"
+            raise ValueError(f"got {got}; {why}: {fix}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "ChatRequest":
+        both = self.max_tokens is not None and self.max_completion_tokens is not None
+        if both and self.max_tokens != self.max_completion_tokens:
+            raise ValueError(
+                f"max_tokens {self.max_tokens} and max_completion_tokens "
+                f"{self.max_completion_tokens} differ; send one of them"
+            )
+        return self
+
+    @property
+    def budget(self) -> int:
+        """The most tokens the answer may take (max_completion_tokens or max_tokens; 128)."""
+        return self.max_completion_tokens or self.max_tokens or 128
 
     @field_validator("stop")
     @classmethod
@@ -98,7 +155,7 @@ class ChatRequest(BaseModel):
         system = "\n\n".join(m.content for m in self.messages if m.role == "system") or None
         history = tuple({"role": m.role, "content": m.content} for m in turns[:-1])
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return Ask(turns[-1].content, system, self.max_tokens, history, stop)
+        return Ask(turns[-1].content, system, self.budget, history, stop)
 
 
 # Above the deployment class: Serve pickles it by value as it is decorated, while this module

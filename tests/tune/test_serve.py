@@ -275,6 +275,22 @@ def test_a_conversation_longer_than_the_model_reads_gets_a_400(server, sweep):
         ({"messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}, 422),
         ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, 422),
         ({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}, 422),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 422),
+        ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, 422),
+        ({"messages": [{"role": "user", "content": "hi"}], "presence_penalty": 0.5}, 422),
+        ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 422),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json"}},
+            422,
+        ),
+        (
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2,
+                "max_completion_tokens": 3,
+            },
+            422,
+        ),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, 400),
     ],
 )
@@ -293,6 +309,39 @@ def test_a_sampling_temperature_is_refused_with_the_reason(server):
     assert "decodes greedily" in error["msg"] and "temperature 0" in error["msg"]
     body["temperature"] = 0
     assert _request(f"{server}/v1/chat/completions", {**body, "max_tokens": 2})[0] == 200
+
+
+def test_what_openai_clients_send_is_honoured_or_refused_with_the_reason(server, sweep):
+    """`max_completion_tokens` (OpenAI's newer name) is the answer's budget; fields asking
+    for what this server cannot do are a 422 naming them (before, they were ignored and the
+    answer silently lacked them); their neutral values, and fields that change nothing about
+    a greedy answer, pass."""
+    from tune.generate import ExportedModel
+
+    expected = ExportedModel(sweep[0] / "export").complete("What is gout?", max_new_tokens=3)
+    neutral = {
+        "messages": [{"role": "user", "content": "What is gout?"}],
+        "max_completion_tokens": 3,
+        "n": 1,
+        "logprobs": False,
+        "frequency_penalty": 0,
+        "presence_penalty": 0.0,
+        "logit_bias": {},
+        "tools": [],
+        "response_format": {"type": "text"},
+        "seed": 7,
+        "user": "someone",
+        "top_p": 0.9,
+    }
+    status, body = _request(f"{server}/v1/chat/completions", neutral)
+    assert status == 200, body
+    assert body["choices"][0]["message"]["content"] == expected.text
+    assert body["usage"]["completion_tokens"] == expected.completion_tokens <= 3
+    got, refused = _request(f"{server}/v1/chat/completions", {**neutral, "n": 2})
+    assert got == 422
+    (error,) = refused["detail"]
+    assert error["loc"] == ["body", "n"]
+    assert "one answer per request" in error["msg"] and "send 1 or none" in error["msg"]
 
 
 def test_invalid_json_gets_a_4xx(server):
