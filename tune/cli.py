@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("generate", "serve"):
             from tune.export_layout import check_export
 
-            check_export(args.model_dir)  # a wrong folder is refused before torch loads
+            _check_numbers(args)  # bad numbers and a wrong folder are refused before torch loads
+            check_export(args.model_dir)
             _quiet_libraries()
             if args.command == "generate":
                 from tune.generate import run_generate
@@ -206,6 +207,20 @@ def main(argv: list[str] | None = None) -> int:
         # second one, or one before the sweep started.
         print("\nmedtune: interrupted", file=sys.stderr)
         return 130
+
+
+def _check_numbers(args) -> None:
+    """`generate`'s --max-new-tokens and `serve`'s --port, in range (generate raised a
+    ValueError deep in transformers for 0, and Ray Serve an OverflowError for a bad port)."""
+    from tune.errors import UserError
+
+    if args.command == "generate" and args.max_new_tokens < 1:
+        raise UserError(
+            f"--max-new-tokens {args.max_new_tokens}: an answer needs at least 1 token; "
+            "give a whole number >= 1 (default 128)"
+        )
+    if args.command == "serve" and not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: not a TCP port; use 1-65535 (default 8000)")
 
 
 def _dashboard(args, console: Console) -> int:

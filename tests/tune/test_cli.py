@@ -103,6 +103,8 @@ NOT_RESULTS = "not a medtune results folder (no medtune.yaml)"
         (["export", "."], NOT_RESULTS),
         (["generate", "."], NO_EXPORT),
         (["serve", "."], NO_EXPORT),
+        (["generate", ".", "Why?", "--max-new-tokens", "0"], "--max-new-tokens 0: an answer"),
+        (["serve", ".", "--port", "70000"], "--port 70000: not a TCP port; use 1-65535"),
     ],
     ids=[
         "config",
@@ -116,6 +118,8 @@ NOT_RESULTS = "not a medtune results folder (no medtune.yaml)"
         "export",
         "generate",
         "serve",
+        "max-new-tokens",
+        "serve-port",
     ],
 )
 def test_bad_input_is_answered_before_torch_and_ray_load(tmp_path, args, needle):
