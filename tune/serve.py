@@ -53,8 +53,28 @@ BATCH_WAIT_S = 0.05  # how long a request waits for others to join it; answers t
 
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
+    # "developer" is OpenAI's newer name for a system message.
+    role: Literal["system", "developer", "user", "assistant"]
     content: str = Field(min_length=1, max_length=32_000)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, v):
+        """Content in OpenAI's list form (parts of type "text") as one text."""
+        if not isinstance(v, list):
+            return v
+        for n, part in enumerate(v):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(
+                    f"part {n} is of type {kind!r}; this model reads text only: send text "
+                    'parts ({"type": "text", "text": ...}) or a string'
+                )
+        return "\n".join(part["text"] for part in v)
+
+    @property
+    def system(self) -> bool:
+        return self.role in ("system", "developer")
 
 
 class StreamOptions(BaseModel):
@@ -149,10 +169,10 @@ class ChatRequest(BaseModel):
     def ask(self) -> Ask:
         """The last user message, asked after the conversation before it, with the system
         messages (all of them, in order) in place of the training system prompt."""
-        turns = [m for m in self.messages if m.role != "system"]
+        turns = [m for m in self.messages if not m.system]
         if not turns or turns[-1].role != "user":
             raise HTTPException(400, "the last message must have role 'user'")
-        system = "\n\n".join(m.content for m in self.messages if m.role == "system") or None
+        system = "\n\n".join(m.content for m in self.messages if m.system) or None
         history = tuple({"role": m.role, "content": m.content} for m in turns[:-1])
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return Ask(turns[-1].content, system, self.budget, history, stop)

@@ -344,6 +344,36 @@ def test_what_openai_clients_send_is_honoured_or_refused_with_the_reason(server,
     assert "one answer per request" in error["msg"] and "send 1 or none" in error["msg"]
 
 
+def test_content_parts_and_developer_messages_read_as_openai_sends_them(server):
+    """Newer OpenAI clients send a message's content as a list of parts and the system
+    message as role "developer": answered as the same request in the plain form. A part
+    that is not text (an image) is a 422 saying this model reads text only."""
+    url = f"{server}/v1/chat/completions"
+    plain = {
+        "messages": [
+            {"role": "system", "content": "Answer in one sentence."},
+            {"role": "user", "content": "What is gout?"},
+        ],
+        "max_tokens": 4,
+    }
+    parts = {
+        "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": "Answer in one sentence."}]},
+            {"role": "user", "content": [{"type": "text", "text": "What is gout?"}]},
+        ],
+        "max_tokens": 4,
+    }
+    (status, expected), (got, answer) = _request(url, plain), _request(url, parts)
+    assert status == got == 200, answer
+    assert answer["choices"] == expected["choices"] and answer["usage"] == expected["usage"]
+    image = {"type": "image_url", "image_url": {"url": "https://example.org/x.png"}}
+    status, refused = _request(url, {"messages": [{"role": "user", "content": [image]}]})
+    assert status == 422
+    (error,) = refused["detail"]
+    assert error["loc"] == ["body", "messages", 0, "content"]
+    assert "type 'image_url'; this model reads text only" in error["msg"]
+
+
 def test_invalid_json_gets_a_4xx(server):
     got, _ = _request(f"{server}/v1/chat/completions", raw=b"{not json")
     assert 400 <= got < 500
