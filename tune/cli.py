@@ -98,7 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     generate = sub.add_parser("generate", help="answer questions with an exported model")
     generate.add_argument("model_dir", type=Path, help="an export, e.g. results/<name>/export")
     generate.add_argument("question", nargs="?", help="omit to ask interactively")
-    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument(
+        "--max-new-tokens", type=int, default=128, help="longest answer, in tokens (default 128)"
+    )
+    generate.add_argument(
+        "--system",
+        metavar="TEXT",
+        help="a system prompt instead of the one the model was trained with",
+    )
     generate.add_argument("--debug", action="store_true", help="show tracebacks")
 
     serve = sub.add_parser("serve", help="serve an exported model (OpenAI-compatible chat API)")
@@ -411,7 +418,16 @@ def _overrides_last(argv: list[str]) -> list[str]:
     argparse fills a `nargs="*"` positional once; `sweep a=b --no-export c=d` would otherwise
     be refused.
     """
-    takes_value = {"--config", "--resume", "--out", "--port", "--host", "--max-new-tokens"}
+    takes_value = {
+        "--config",
+        "--resume",
+        "--out",
+        "--port",
+        "--host",
+        "--max-new-tokens",
+        "--system",
+        "--trial",
+    }
     options, overrides, i = [], [], 0
     while i < len(argv):
         word = argv[i]

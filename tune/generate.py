@@ -137,7 +137,7 @@ def grown(before: str, now: str) -> str:
 def run_generate(args, console: Console) -> int:
     model = ExportedModel(args.model_dir)
     if args.question:
-        ask = Ask(args.question, None, args.max_new_tokens)
+        ask = Ask(args.question, args.system, args.max_new_tokens)
         _check_fits(model, [ask])
         _print_answer(model, ask, console)
         return 0
@@ -147,7 +147,7 @@ def run_generate(args, console: Console) -> int:
         # Questions from a file or a pipe: answered BATCH at a time, in order (a batch of 8
         # takes about a quarter of the time of 8 in turn on a CPU: benchmarks/serve_batch.py).
         questions = list(itertools.takewhile(bool, (line.strip() for line in sys.stdin)))
-        asks = [Ask(q, None, args.max_new_tokens) for q in questions]
+        asks = [Ask(q, args.system, args.max_new_tokens) for q in questions]
         _check_fits(model, asks)  # all of them before any answer: one line, nothing printed
         for start in range(0, len(asks), BATCH):
             for done in model.complete_many(asks[start : start + BATCH]):
@@ -158,11 +158,11 @@ def run_generate(args, console: Console) -> int:
         if not question:
             break
         try:
-            _check_fits(model, [Ask(question, None, args.max_new_tokens)])
+            _check_fits(model, [Ask(question, args.system, args.max_new_tokens)])
         except UserError as e:  # at the prompt: say so and ask again
             console.print(f"[red]{escape(str(e))}[/]")
             continue
-        _print_answer(model, Ask(question, None, args.max_new_tokens), console)
+        _print_answer(model, Ask(question, args.system, args.max_new_tokens), console)
     return 0
 
 

@@ -179,6 +179,30 @@ def test_generate_refuses_a_question_longer_than_the_model_reads(sweep):
     assert len(piped.stdout.splitlines()) == 2  # the greeting only: no question was answered
 
 
+def test_generate_asks_with_the_system_prompt_given(sweep):
+    """--system replaces the training system prompt: seen in the prompt's length, which the
+    refusal of a too-long question states (the random model answers alike either way)."""
+    from tune.generate import Ask, ExportedModel
+
+    out, _ = sweep
+    model = ExportedModel(out / "export")
+    question, system = "What is gout?", "Answer as a careful physician would, in plain words."
+    with_system = model.prompt_tokens(Ask(question, system))
+    assert with_system > model.prompt_tokens(Ask(question))
+    budget = model.context_length - with_system + 1  # fits without the system prompt only
+    proc = _medtune(
+        "generate",
+        str(out / "export"),
+        question,
+        "--system",
+        system,
+        "--max-new-tokens",
+        str(budget),
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"its prompt is {with_system} tokens and the answer may take {budget}" in proc.stderr
+
+
 def test_generate_refuses_a_folder_that_is_no_export(sweep):
     out, _ = sweep
     proc = _medtune("generate", str(out), "What is asthma?")
