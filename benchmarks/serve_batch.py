@@ -9,8 +9,10 @@ server without batching answers N clients, against the same N in one batch. Both
 each repeat, alternating which goes first; reported: seconds per side, the batch's time over
 the one-by-one time (min/median/max), generated tokens per second, and how many answers are
 the same text both ways (greedy decoding in a padded batch may differ in the last bits of a
-logit, rarely enough to flip a token). Decoding reads every weight once per generated token,
-whether for one sequence or eight, which is what a batch shares. Results:
+logit, rarely enough to flip a token). A third side is the batch as served with `"stream":
+true` (every step's answers followed): its time to the first token, and its whole time over
+the plain batch's (what following the answers costs). Decoding reads every weight once per
+generated token, whether for one sequence or eight, which is what a batch shares. Results:
 benchmarks/results/<date>-serve-batch-<model>.json with the machine, date and versions.
 """
 
@@ -66,12 +68,31 @@ def main(argv: list[str] | None = None) -> dict:
             model, tokenizer, records, max_new_tokens=args.tokens, batch_size=len(records)
         )
 
+    first_token: dict[int, float] = {}  # each repeat's streamed batch: its first token's time
+
+    def streamed():
+        # The batch as `medtune serve` runs it for "stream": true: every step's answers
+        # followed (on_step), the first token's time taken.
+        start = time.perf_counter()
+
+        def on_step(_start, _partials):
+            first_token.setdefault(len(runs), time.perf_counter() - start)
+
+        return generate_completions(
+            model,
+            tokenizer,
+            records,
+            max_new_tokens=args.tokens,
+            batch_size=len(records),
+            on_step=on_step,
+        )
+
     load_start = list(os.getloadavg())
     runs = []
     for repeat in range(args.repeats):
-        sides = [("one_by_one", one_by_one), ("batched", batched)]
+        sides = [("one_by_one", one_by_one), ("batched", batched), ("streamed", streamed)]
         run = {}
-        for name, side in sides if repeat % 2 == 0 else sides[::-1]:
+        for name, side in sides[repeat % 3 :] + sides[: repeat % 3]:  # each goes first in turn
             start = time.perf_counter()
             completions = side()
             run[name] = {
@@ -83,10 +104,13 @@ def main(argv: list[str] | None = None) -> dict:
         same = sum(a == b for a, b in pairs)
         runs.append(
             {
-                "first": "one_by_one" if repeat % 2 == 0 else "batched",
+                "first": sides[repeat % 3][0],
                 **{k: {"seconds": v["seconds"], "tokens": v["tokens"]} for k, v in run.items()},
                 "batched_over_one_by_one": run["batched"]["seconds"] / run["one_by_one"]["seconds"],
                 "same_answers": same,
+                "streamed_first_token_seconds": first_token[repeat],
+                "streamed_over_batched": run["streamed"]["seconds"] / run["batched"]["seconds"],
+                "streamed_same_answers": run["streamed"]["texts"] == run["batched"]["texts"],
             }
         )
 
@@ -110,8 +134,12 @@ def main(argv: list[str] | None = None) -> dict:
         "batched_over_one_by_one": _spread([r["batched_over_one_by_one"] for r in runs]),
         "tokens_per_s": {
             side: _spread([r[side]["tokens"] / r[side]["seconds"] for r in runs])
-            for side in ("one_by_one", "batched")
+            for side in ("one_by_one", "batched", "streamed")
         },
+        # A streaming client's first token against the whole batch a plain client waits for.
+        "streamed_first_token_seconds": _spread([r["streamed_first_token_seconds"] for r in runs]),
+        "batched_seconds": _spread([r["batched"]["seconds"] for r in runs]),
+        "streamed_over_batched": _spread([r["streamed_over_batched"] for r in runs]),
         "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
