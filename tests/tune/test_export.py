@@ -77,9 +77,9 @@ def test_generate_answers_one_question(sweep):
 def test_generate_prints_the_answer_as_it_is_generated(sweep):
     """One question's answer is written piece by piece as its tokens come (the pieces
     `complete_many(on_step=)` sees grow), not once it is whole."""
-    import argparse
     import io
 
+    from tune.cli import _parser
     from tune.console import make_console
     from tune.generate import Ask, ExportedModel, run_generate
 
@@ -103,9 +103,8 @@ def test_generate_prints_the_answer_as_it_is_generated(sweep):
     file = Writes()
     console = make_console()
     console.file = file
-    args = argparse.Namespace(
-        model_dir=out / "export", question="What is asthma?", max_new_tokens=8
-    )
+    argv = ["generate", str(out / "export"), "What is asthma?", "--max-new-tokens", "8"]
+    args = _parser().parse_args(argv)  # the command line's own arguments
     assert run_generate(args, console) == 0
     written = [w for w in file.writes if w]
     assert ["".join(written[: n + 1]) for n in range(len(pieces))] == pieces
