@@ -256,7 +256,11 @@ class ChatDeployment:
             )
         gone = threading.Event()  # set when the client has its answer or has left
         steps = self.complete(ask, gone)
-        batch = await anext(steps)  # the batch's size comes first, before any token
+        try:
+            batch = await anext(steps)  # the batch's size comes first, before any token
+        except BaseException:  # the client left while the request waited for its batch
+            gone.set()
+            raise
         head = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "created": int(time.time()),
