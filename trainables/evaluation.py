@@ -75,6 +75,11 @@ class Completion:
     completion_tokens: int  # the answer's tokens, the end-of-sequence token not counted
     stopped: bool  # it ended at an end-of-sequence token or a stop string, not max_new_tokens
 
+    def final(self, max_new_tokens: int) -> bool:
+        """Whether this answer (one of `generate_completions`' `on_step` partials) is whole:
+        it stopped, or it has all of its `max_new_tokens`."""
+        return self.stopped or self.completion_tokens >= max_new_tokens
+
 
 def generate_answers(
     model,

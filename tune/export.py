@@ -256,7 +256,7 @@ def _score(
         task = progress.add_task(f"Answering test questions with {who}", total=len(samples))
 
         def answered(start: int, partials: list) -> None:
-            done = (p.stopped or p.completion_tokens >= cfg.export.max_new_tokens for p in partials)
+            done = (p.final(cfg.export.max_new_tokens) for p in partials)
             progress.update(task, completed=start + sum(done))
 
         completions = generate_completions(

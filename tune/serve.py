@@ -309,7 +309,7 @@ class ChatDeployment:
         while (partials := await steps.get()) is not None:
             yield [StopIteration if end else p for p, end in zip(partials, ended, strict=True)]
             ended = [
-                end or p.stopped or p.completion_tokens >= a.max_new_tokens
+                end or p.final(a.max_new_tokens)
                 for p, a, end in zip(partials, asks, ended, strict=True)
             ]
         job.result()  # a generation that failed fails its requests

@@ -162,6 +162,7 @@ def test_answers_are_followed_token_by_token_and_end_when_dropped(tiny_model_pat
         for partial, final in zip(partials, done, strict=True):
             assert final.text.startswith(partial.text)
     assert steps[1][1][0] == done[0]  # final once it met its limit
+    assert [p.final(n) for p, n in zip(steps[1][1], [2, 5], strict=True)] == [True, False]
 
     gone = generate_completions(
         model, tiny_tokenizer, records, max_new_tokens=9, dropped=lambda i: i == 1
