@@ -28,8 +28,21 @@ with sweep_lock(Path(sys.argv[1]), "medtune sweep"):
 """
 
 
-def test_a_second_process_on_a_sweep_is_refused_and_the_folder_kept(sweep, capsys):
-    out, _ = sweep  # the suite's finished tiny-random sweep, with its export
+@pytest.fixture
+def own_sweep(sweep, tmp_path):
+    """A copy of the suite's finished tiny-random sweep, without checkpoints or export: the
+    tests here hold its lock, which would refuse the other files' exports of the shared one
+    running beside them (and be refused by them)."""
+    import shutil
+
+    finished, _ = sweep
+    out = tmp_path / "results" / finished.name
+    shutil.copytree(finished, out, ignore=shutil.ignore_patterns("checkpoint_*", "export"))
+    return out
+
+
+def test_a_second_process_on_a_sweep_is_refused_and_the_folder_kept(own_sweep, capsys):
+    out = own_sweep
     before = snapshot(out)
     # Held through another open file, as another process holds it (flock locks belong to
     # an open file, not to a process).
@@ -109,18 +122,15 @@ def test_a_lock_file_deleted_as_it_is_taken_is_taken_again(tmp_path, monkeypatch
         assert lock_path(out).read_text().startswith("medtune export (pid ")
 
 
-def test_a_sweep_no_process_works_on_shows_its_driver_gone(sweep, tmp_path, capsys):
+def test_a_sweep_no_process_works_on_shows_its_driver_gone(own_sweep, capsys):
     """No summary and nobody holding the lock: the driver was killed. The dashboard says so
     (and that --resume goes on), with no trial left "running"; held, it is in progress."""
     import json
-    import shutil
 
     from tune.dashboard import render_page
     from tune.sweep_state import read_sweep
 
-    finished, _ = sweep
-    out = tmp_path / "results" / finished.name
-    shutil.copytree(finished, out, ignore=shutil.ignore_patterns("checkpoint_*", "export"))
+    out = own_sweep
     (out / "sweep_summary.json").unlink()
     state_file = sorted(out.glob("experiment_state-*.json"))[-1]  # one trial still running
     state = json.loads(state_file.read_text())
@@ -184,7 +194,7 @@ def test_a_folder_it_cannot_write_beside_is_one_line(tmp_path):
             pass
 
 
-def test_a_sweep_run_from_python_takes_the_lock_itself(sweep):
+def test_a_sweep_run_from_python_takes_the_lock_itself(own_sweep):
     """`run_sweep` and `resume_sweep` hold the lock, not only the `medtune` commands: refused
     while another holds it, before `overwrite` deletes anything (and a sweep run from Python
     reads as running on the dashboard, not as "driver gone")."""
@@ -193,7 +203,7 @@ def test_a_sweep_run_from_python_takes_the_lock_itself(sweep):
     from tune.config import load_config
     from tune.sweep import prepare_sweep, resume_sweep, run_sweep
 
-    out, _ = sweep
+    out = own_sweep
     before = snapshot(out)
     quiet = Console(quiet=True)
     overrides = ["model.name=tiny-random", "data.max_records=40"]
