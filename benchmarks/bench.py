@@ -118,7 +118,7 @@ def medtune_trial(
     from trainables.models import base_weights
     from trainables.precision import resolve_precision
     from trainables.trainable import TrialSettings, train_lora
-    from tune.cluster import use_trial_worker_settings
+    from tune.cluster import init_local_ray, use_trial_worker_settings
 
     steps = len(examples) // batch
     eval_every = max(1, steps // 3)
@@ -137,8 +137,8 @@ def medtune_trial(
         cpus=threads,
     )
     use_trial_worker_settings()  # as `medtune sweep` starts its local Ray
-    # "local": never join a `ray start` cluster that happens to run on this machine.
-    ray.init(address="local", num_cpus=threads, include_dashboard=False, log_to_driver=False)
+    # A new Ray on this machine (never a `ray start` cluster that happens to run here).
+    init_local_ray(num_cpus=threads, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tuner = ray_tune.Tuner(
@@ -772,11 +772,10 @@ def main() -> None:
     if {"startup", "memory"} - skip:
         import ray
 
-        from tune.cluster import use_trial_worker_settings
+        from tune.cluster import init_local_ray, use_trial_worker_settings
 
         use_trial_worker_settings()  # the trials' processes as `medtune sweep` starts them
-        ray.init(
-            address="local",
+        init_local_ray(
             num_cpus=max(2, args.threads),
             include_dashboard=False,
             log_to_driver=False,

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     from trainables.models import base_weights, prepare_model
     from trainables.precision import resolve_precision
     from trainables.trainable import TrialSettings
-    from tune.cluster import use_trial_worker_settings
+    from tune.cluster import init_local_ray, use_trial_worker_settings
 
     cores = sorted(os.sched_getaffinity(0))
     c = args.cpus_per_trial
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     started_ray = not ray.is_initialized()
     if started_ray:
         use_trial_worker_settings()  # the trials' processes as `medtune sweep` starts them
-        ray.init(address="local", num_cpus=len(cores), include_dashboard=False, log_to_driver=False)
+        init_local_ray(num_cpus=len(cores), include_dashboard=False, log_to_driver=False)
     # As many trials as Ray's CPUs run at once (the test suite's Ray has 2).
     core_sets = core_sets[: int(ray.cluster_resources()["CPU"]) // c]
     if len(core_sets) < 2:

@@ -154,16 +154,17 @@ def ray_2_cpus():
     if ray.is_initialized() and ray.cluster_resources().get("CPU") != 2:
         ray.shutdown()
     if not ray.is_initialized():
-        from tune.cluster import use_trial_worker_settings
+        from tune.cluster import init_local_ray, use_trial_worker_settings
 
         # Trial processes as medtune's own start runs them (tune/cluster.py): no idle workers
         # ahead of any work, jemalloc, and niceness 0. At Ray's 15 a trial here starved
         # beside the other pytest workers' processes: the failing-trial test of
         # tests/trainables/test_trainable.py took 135.15 s beside two busy loops, 24 s alone.
         use_trial_worker_settings()
-        # "local": a bare ray.init() joins the newest `ray start` cluster on this machine, such
-        # as the two-node cluster of tests/tune/test_storage.py running in the other worker.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # A new Ray (a bare ray.init() joins the newest `ray start` cluster on this machine, such
+        # as the two-node cluster of tests/tune/test_storage.py running in the other worker),
+        # started again if its raylet gives up on a slow dashboard agent (tune/cluster.py).
+        init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
 
 

@@ -156,7 +156,7 @@ def run() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_overrides_last(sys.argv[1:] if argv is None else argv))
     # Imported here so `medtune --help` and config typos answer before torch and Ray load.
-    from tune.errors import USER_ERRORS
+    from tune.errors import USER_ERRORS, RayStartError
     from tune.interrupt import Interrupted
 
     console = make_console()
@@ -204,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in redact_text(str(e)).splitlines():
             print(f"medtune: error: {line}", file=sys.stderr)
         return 2
+    except RayStartError as e:  # the machine, not the input: exit 1, in one line too
+        if args.debug:
+            raise
+        print(f"medtune: error: {e}", file=sys.stderr)
+        return 1
     except Interrupted as e:  # Ctrl-C stopped a Tune run whose half is no use; it says why
         console.print(f"\n{e}", markup=False)
         return 130

@@ -11,7 +11,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
 import ray
+
+from tune.errors import RayStartError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -78,22 +81,73 @@ def use_trial_worker_settings() -> None:
     use_no_idle_workers()
 
 
+# Ray 2.60's raylet gives its dashboard agent (a Python process importing about 2 CPU-s of
+# modules) 15 s to write its ports and aborts if it has not; ray.init then raises "The current
+# node timed out during startup" about 33 s after it began. On a busy 2-core machine the agent
+# took 17.5 s (a test suite run beside 3 sweeps, 2026-12-02). The wait is hard-coded there
+# (NodeManager::WaitForDashboardAgentPorts); a second start finds the agent's modules in the
+# page cache and often a quieter machine, so the start is tried again, twice.
+START_ATTEMPTS = 3
+_START_TIMED_OUT = "timed out during startup"
+
+
+def init_local_ray(console: Console | None = None, **kwargs):
+    """`ray.init` of a new Ray on this machine, started again when its raylet gave up on a
+    slow dashboard agent (above), the failed start's processes stopped first; `RayStartError`
+    after `START_ATTEMPTS` such failures. "local", not None: Ray would join the cluster that
+    `ray start` last started on this machine (/tmp/ray/ray_current_cluster), someone else's on
+    a shared machine."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        try:
+            return ray.init(address="local", **kwargs)
+        except Exception as e:
+            if _START_TIMED_OUT not in str(e):
+                raise
+            _stop_new_ray_processes(before)
+            if attempt == START_ATTEMPTS:
+                raise RayStartError(
+                    f"Ray did not start on this machine in {START_ATTEMPTS} attempts: its raylet "
+                    "gave up waiting for its dashboard agent each time (Ray allows it 15 s; a "
+                    "busy machine makes it slower; the raylet's log is raylet.out in the newest "
+                    "/tmp/ray/session_*/logs); run it again when the machine is less busy"
+                ) from e
+            if console is not None:
+                console.print(
+                    f"Ray's start timed out (attempt {attempt} of {START_ATTEMPTS}: its "
+                    "dashboard agent was slower than the 15 s its raylet allows, as on a busy "
+                    "machine); starting it again"
+                )
+
+
+def _stop_new_ray_processes(before: set[int]) -> None:
+    """Kill the processes a failed `ray.init` started (its GCS, monitors and dashboard lived
+    on, idle, beside the next start): this process's descendants not in `before` that run
+    Ray's own programs."""
+    ray_dir = str(Path(ray.__file__).parent)
+    procs = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.pid not in before and any(ray_dir in arg for arg in proc.cmdline()):
+                proc.kill()
+                procs.append(proc)
+        except psutil.Error:
+            pass  # already gone
+    psutil.wait_procs(procs, timeout=10)
+
+
 def start_ray(cfg: SweepConfig, console: Console | None = None) -> None:
     """Join `ray.address`, or start Ray here with its dashboard bound to 127.0.0.1."""
     if ray.is_initialized():
         return
-    # Starting Ray takes dashboard settings; joining a cluster refuses them.
-    local = {"include_dashboard": cfg.ray.dashboard, "dashboard_host": "127.0.0.1"}
-    if not cfg.ray.address:
-        use_trial_worker_settings()
     # Trial stdout would drown the progress lines; Tune keeps each trial's log and error.
-    context = ray.init(
-        # "local", not None: Ray would join the cluster that `ray start` last started on this
-        # machine (/tmp/ray/ray_current_cluster), someone else's on a shared machine.
-        address=cfg.ray.address or "local",
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        **({} if cfg.ray.address else local),
-    )
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+    if cfg.ray.address:
+        context = ray.init(address=cfg.ray.address, **quiet)
+    else:
+        use_trial_worker_settings()
+        context = init_local_ray(
+            console, include_dashboard=cfg.ray.dashboard, dashboard_host="127.0.0.1", **quiet
+        )
     if console is not None and context.dashboard_url:
         console.print(f"Ray dashboard: http://{context.dashboard_url}")

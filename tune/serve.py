@@ -320,8 +320,7 @@ def build_app(model_dir: Path):
 
 
 def run_serve(args, console: Console) -> int:
-    import ray
-
+    from tune.cluster import init_local_ray
     from tune.generate import ExportedModel
 
     ExportedModel(args.model_dir)  # fail fast, with exit 2, before Ray starts
@@ -331,8 +330,7 @@ def run_serve(args, console: Console) -> int:
             "authentication (CVE-2023-48022, 'ShadowRay'); put an authenticating reverse proxy "
             "in front. See docs/security.md."
         )
-    # "local", as the sweep: a bare ray.init() would join whatever `ray start` last started here.
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    init_local_ray(console, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(args.model_dir), name="medtune", route_prefix="/")
     console.print(

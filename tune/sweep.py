@@ -183,6 +183,9 @@ def _run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool) -> dic
     cfg = prep.cfg
     out = results_dir(cfg)
     location = storage_location(cfg, out)
+    # Ray first: a start that fails (no cluster at the address, a machine too busy) leaves
+    # the folder, and what --overwrite would delete, as it was.
+    start_ray(cfg, console)
     if overwrite and out.exists():
         shutil.rmtree(out)
     if overwrite and is_uri(location):
@@ -190,7 +193,6 @@ def _run_sweep(prep: PreparedSweep, console: Console, *, overwrite: bool) -> dic
     _write_inputs(prep, out)
     if is_uri(location):
         upload(out, location, _INPUT_FILES)
-    start_ray(cfg, console)
     snapshot_at_every_checkpoint()
     copy_state_atomically()
     kill_actors_that_never_started()

@@ -68,3 +68,86 @@ def test_trials_run_at_niceness_zero_on_jemalloc_not_rays_defaults():
     assert sweep["conf"] == JEMALLOC_CONF
     assert bare["jobless"] >= 1
     assert sweep["jobless"] == 0
+
+
+# Makes Ray's dashboard agent start 20 s late, past the 15 s its raylet waits for it (what a
+# busy machine did to a sweep's start in a test suite run): every time, or only the first
+# time when SLOW_AGENT_ONCE names a file to leave behind.
+_SLOW_AGENT = """
+import os, time
+if b"dashboard/agent.py" in open("/proc/self/cmdline", "rb").read():
+    once = os.environ.get("SLOW_AGENT_ONCE")
+    if not once or not os.path.exists(once):
+        if once:
+            open(once, "w").close()
+        time.sleep(20)
+"""
+
+_START_AND_COUNT = """
+import psutil, ray
+from rich.console import Console
+from tune.config import load_config
+from tune.cluster import start_ray
+start_ray(load_config(None, ["ray.dashboard=false"]), Console(width=400))
+print("task:", ray.get(ray.remote(lambda: 42).remote()))
+names = [p.name() for p in psutil.Process().children(recursive=True)]
+print("gcs servers:", names.count("gcs_server"), "raylets:", names.count("raylet"))
+"""
+
+
+def _slow_agent_env(tmp_path, **extra) -> dict[str, str]:
+    (tmp_path / "sitecustomize.py").write_text(_SLOW_AGENT)
+    return {**os.environ, "PYTHONPATH": str(tmp_path), **extra}
+
+
+def test_a_start_whose_dashboard_agent_is_too_slow_is_tried_again(tmp_path, model_cache):
+    env = _slow_agent_env(tmp_path, SLOW_AGENT_ONCE=str(tmp_path / "slowed"))
+    proc = subprocess.run(
+        [sys.executable, "-c", _START_AND_COUNT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (tmp_path / "slowed").exists()  # the first agent was slowed
+    lines = proc.stdout.splitlines()
+    assert lines[0] == (
+        "Ray's start timed out (attempt 1 of 3: its dashboard agent was slower than the 15 s "
+        "its raylet allows, as on a busy machine); starting it again"
+    )
+    assert "task: 42" in lines
+    # The failed start's GCS (and its monitors) were stopped, not left idling beside the new.
+    assert lines[-1] == "gcs servers: 1 raylets: 1"
+
+
+def test_a_ray_that_never_starts_is_one_line_and_exit_1(tmp_path, model_cache):
+    """`medtune sweep --overwrite` where every start fails (one attempt here, to keep the test
+    short): one line, exit 1, and the sweep it would have overwritten is left as it was."""
+    from tests.tune.conftest import snapshot
+
+    old = tmp_path / "results" / "old"
+    (old / "data").mkdir(parents=True)
+    (old / "sweep_summary.json").write_text("{}")
+    before = snapshot(tmp_path / "results")
+    run_cli = (
+        "import sys, tune.cluster; tune.cluster.START_ATTEMPTS = 1\n"
+        "from tune.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = ["sweep", "--overwrite", "model.name=tiny-random", "data.max_records=40", "run.name=old"]
+    proc = subprocess.run(
+        [sys.executable, "-c", run_cli, *args],
+        capture_output=True,
+        text=True,
+        env=_slow_agent_env(tmp_path, HF_HUB_OFFLINE="1"),
+        cwd=tmp_path,
+        timeout=240,
+    )
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        "medtune: error: Ray did not start on this machine in 1 attempts: its raylet gave up "
+        "waiting for its dashboard agent each time (Ray allows it 15 s; a busy machine makes "
+        "it slower; the raylet's log is raylet.out in the newest /tmp/ray/session_*/logs); run "
+        "it again when the machine is less busy"
+    ]
+    assert snapshot(tmp_path / "results") == before
