@@ -33,6 +33,7 @@ LONGEST_FIRST = [
     "tests/tune/test_interrupt.py",  # 141 alone: three tests (twenty-second session)
     "tests/tune/test_scheduler.py",  # 156 alone, with an interrupted and resumed ASHA sweep
     "tests/trainables/test_trainable.py",  # 93
+    "tests/tune/test_start_ray.py",  # 120, most of it waiting for Ray's start to time out
     "tests/tune/test_faults.py",  # 92
     "tests/benchmarks/test_reuse_memory.py",  # 75 alone: two sweeps (twenty-second session)
     "tests/tune/test_dashboard.py",  # 73
@@ -43,7 +44,6 @@ LONGEST_FIRST = [
     "tests/benchmarks/test_bench.py",  # 56
     "tests/tune/test_e2e.py",  # 43
     "tests/benchmarks/test_pinning.py",  # 32-72 (fifteenth session)
-    "tests/tune/test_start_ray.py",  # 33
     "tests/tune/test_export.py",  # 31
     "tests/tune/test_trial_logs.py",  # 28
     "tests/tune/test_decision_metric.py",  # 25
