@@ -43,6 +43,7 @@ LONGEST_FIRST = [
     "tests/tune/test_resume_order.py",  # 56
     "tests/benchmarks/test_bench.py",  # 56
     "tests/tune/test_e2e.py",  # 43
+    "tests/tune/test_gguf_export.py",  # about 60: converts SmolLM2 and reads two GGUF files
     "tests/benchmarks/test_pinning.py",  # 32-72 (fifteenth session)
     "tests/tune/test_export.py",  # 31
     "tests/tune/test_trial_logs.py",  # 28

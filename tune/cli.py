@@ -108,6 +108,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    to_gguf = sub.add_parser(
+        "gguf", help="write an export as one GGUF file (llama.cpp, Ollama, LM Studio)"
+    )
+    to_gguf.add_argument("model_dir", type=Path, help="an export, e.g. results/<name>/export")
+    to_gguf.add_argument(
+        "--out", type=Path, help="the file to write (default: <export>/model-<type>.gguf)"
+    )
+    to_gguf.add_argument(
+        "--type",
+        default="f16",
+        help="the weights' type: f16 (default), q8_0 (about half f16's size) or f32",
+    )
+    to_gguf.add_argument("--debug", action="store_true", help="show tracebacks")
+
     serve = sub.add_parser("serve", help="serve an exported model (OpenAI-compatible chat API)")
     serve.add_argument("model_dir", type=Path, help="an export, e.g. results/<name>/export")
     serve.add_argument("--port", type=int, default=8000)
@@ -182,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             return list_sweeps(args.results, console, as_json=args.json)
         if args.command in ("dashboard", "report"):
             return _dashboard(args, console)
+        if args.command == "gguf":
+            return _gguf(args, console)
         if args.command in ("generate", "serve"):
             from tune.export_layout import check_export
 
@@ -219,6 +235,36 @@ def main(argv: list[str] | None = None) -> int:
         # second one, or one before the sweep started.
         print("\nmedtune: interrupted", file=sys.stderr)
         return 130
+
+
+def _gguf(args, console) -> int:
+    import json
+
+    from tune.export_layout import check_export
+    from tune.gguf_export import check_type, write_gguf
+
+    check_type(args.type)  # bad input answered before torch loads
+    check_export(args.model_dir)
+    start = time.monotonic()
+    with console.status(f"Writing {args.type} GGUF"):
+        written = write_gguf(args.model_dir, args.out, args.type)
+    console.print(
+        f"Wrote {written.path} ({written.type}, {written.tensors} tensors, "
+        f"{_mib(written.bytes)}) in {duration(time.monotonic() - start)}",
+        markup=False,
+    )
+    prompt = json.loads((args.model_dir / "medtune_prompt.json").read_text())
+    if prompt.get("system_prompt"):
+        console.print(
+            "It was trained with a system prompt of its own (medtune_prompt.json): give chat "
+            "clients the same one (llama-cli -sys TEXT)",
+            markup=False,
+        )
+    return 0
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
 
 
 def _check_numbers(args) -> None:

@@ -105,6 +105,8 @@ NOT_RESULTS = "not a medtune results folder (no medtune.yaml)"
         (["serve", "."], NO_EXPORT),
         (["generate", ".", "Why?", "--max-new-tokens", "0"], "--max-new-tokens 0: an answer"),
         (["serve", ".", "--port", "70000"], "--port 70000: not a TCP port; use 1-65535"),
+        (["gguf", "."], NO_EXPORT),
+        (["gguf", ".", "--type", "q4_k"], "--type q4_k: not a GGUF type medtune writes; use one"),
     ],
     ids=[
         "config",
@@ -120,6 +122,8 @@ NOT_RESULTS = "not a medtune results folder (no medtune.yaml)"
         "serve",
         "max-new-tokens",
         "serve-port",
+        "gguf",
+        "gguf-type",
     ],
 )
 def test_bad_input_is_answered_before_torch_and_ray_load(tmp_path, args, needle):
