@@ -149,13 +149,17 @@ def _add_vocabulary(writer, export: Path, vocab_size: int) -> None:
     import gguf
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(export / "tokenizer.json"))
-    model = json.loads((export / "tokenizer.json").read_text())["model"]
-    if model.get("type") != "BPE":
+    spec = json.loads((export / "tokenizer.json").read_text())
+    if not _byte_level_bpe(spec):
+        # Llama 2's and Mistral's tokenizer.json is BPE too, but over sentencepiece pieces
+        # with byte fallback: llama.cpp reads those as its "llama" model, not "gpt2".
         raise UserError(
-            f"{export}: a {model.get('type')} tokenizer; medtune writes GGUF for byte-level "
-            "BPE tokenizers (SmolLM2's, GPT-2's)"
+            f"{export}: not a byte-level BPE tokenizer (a {spec['model'].get('type')} model, "
+            f"pre-tokenizer {(spec.get('pre_tokenizer') or {}).get('type')}); medtune writes "
+            "GGUF for byte-level BPE tokenizers (SmolLM2's, GPT-2's); for others use "
+            "llama.cpp's convert_hf_to_gguf.py on this folder"
         )
+    tokenizer = Tokenizer.from_file(str(export / "tokenizer.json"))
     by_id = {i: t for t, i in tokenizer.get_vocab(with_added_tokens=True).items()}
     added = tokenizer.get_added_tokens_decoder()
     tokens, types = [], []
@@ -184,6 +188,18 @@ def _add_vocabulary(writer, export: Path, vocab_size: int) -> None:
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special.add_to_gguf(writer, quiet=True)
+
+
+def _byte_level_bpe(spec: dict) -> bool:
+    """A tokenizer.json whose model is BPE without byte fallback, over a ByteLevel
+    pre-tokenizer (alone or in a sequence)."""
+    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    return (
+        model.get("type") == "BPE"
+        and not model.get("byte_fallback")
+        and any(p.get("type") == "ByteLevel" for p in parts)
+    )
 
 
 def _weights(export: Path, config: dict):

@@ -128,3 +128,21 @@ def test_a_model_that_is_not_llama_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match=r"a 'gpt2' model; medtune writes GGUF for Llama-arch"):
         write_gguf(tmp_path, tmp_path / "m.gguf")
     assert not list(tmp_path.glob("*.gguf"))
+
+
+def test_a_tokenizer_that_is_not_byte_level_bpe_is_refused(tiny_model_path, tmp_path):
+    """Llama 2's kind (BPE over sentencepiece pieces, byte fallback, no ByteLevel split) would
+    be written as GPT-2's and tokenize wrongly in llama.cpp: refused, nothing written."""
+    import json
+
+    from tune.errors import UserError
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path, model)
+    spec = json.loads((model / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581"}
+    spec["model"]["byte_fallback"] = True
+    (model / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(UserError, match=r"not a byte-level BPE tokenizer \(a BPE model, pre-tok"):
+        write_gguf(model, tmp_path / "m.gguf")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".m.gguf*"))
